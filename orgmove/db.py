@@ -1,0 +1,197 @@
+"""The connector boundary: every PostgreSQL connection is opened here, and driver errors are
+translated here into :mod:`orgmove.errors`.
+
+Connections are named (``application_name``), carry a ``statement_timeout`` and ``lock_timeout``,
+and use the canonical session settings under which values render the same on every Cell (UTC, ISO
+dates, full float digits, hex bytea): verify hashes row text, so both sides must agree on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import conninfo
+
+from orgmove.config import redact
+from orgmove.errors import (
+    AuthenticationFailed,
+    CellUnreachable,
+    OrgmoveError,
+    PermanentError,
+    TransientError,
+)
+
+CANONICAL_SETTINGS: dict[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "client_encoding": "UTF8",
+}
+
+TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "40001", "40P01", "53300", "55P03", "53400")
+
+
+def _options(settings: dict[str, str]) -> str:
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+    return " ".join(f"-c {k}={esc(v)}" for k, v in settings.items())
+
+
+def session_settings(
+    *, statement_timeout_s: float = 0, lock_timeout_s: float = 5.0, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    settings = dict(CANONICAL_SETTINGS)
+    settings["statement_timeout"] = str(int(statement_timeout_s * 1000))
+    settings["lock_timeout"] = str(int(lock_timeout_s * 1000))
+    settings["idle_in_transaction_session_timeout"] = "0"
+    if extra:
+        settings.update(extra)
+    return settings
+
+
+def connect_kwargs(
+    dsn: str,
+    *,
+    application_name: str,
+    statement_timeout_s: float = 0,
+    lock_timeout_s: float = 5.0,
+    connect_timeout_s: int = 10,
+    extra_settings: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    settings = session_settings(
+        statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s, extra=extra_settings
+    )
+    params = conninfo.conninfo_to_dict(dsn)
+    params["application_name"] = application_name[:63]
+    params["connect_timeout"] = connect_timeout_s
+    existing = params.get("options")
+    opts = _options(settings)
+    params["options"] = f"{existing} {opts}" if existing else opts
+    return params
+
+
+def connect(
+    dsn: str,
+    *,
+    cell: str,
+    application_name: str,
+    autocommit: bool = False,
+    statement_timeout_s: float = 0,
+    lock_timeout_s: float = 5.0,
+    connect_timeout_s: int = 10,
+    extra_settings: dict[str, str] | None = None,
+) -> psycopg.Connection[Any]:
+    """Open a named connection to ``cell`` with the canonical session settings."""
+    params = connect_kwargs(
+        dsn,
+        application_name=application_name,
+        statement_timeout_s=statement_timeout_s,
+        lock_timeout_s=lock_timeout_s,
+        connect_timeout_s=connect_timeout_s,
+        extra_settings=extra_settings,
+    )
+    try:
+        return psycopg.connect(autocommit=autocommit, **params)
+    except psycopg.Error as exc:
+        raise translate(exc, cell=cell, dsn=dsn) from exc
+
+
+async def connect_async(
+    dsn: str,
+    *,
+    cell: str,
+    application_name: str,
+    autocommit: bool = False,
+    statement_timeout_s: float = 0,
+    lock_timeout_s: float = 5.0,
+    connect_timeout_s: int = 10,
+) -> psycopg.AsyncConnection[Any]:
+    params = connect_kwargs(
+        dsn,
+        application_name=application_name,
+        statement_timeout_s=statement_timeout_s,
+        lock_timeout_s=lock_timeout_s,
+        connect_timeout_s=connect_timeout_s,
+    )
+    try:
+        return await psycopg.AsyncConnection.connect(autocommit=autocommit, **params)
+    except psycopg.Error as exc:
+        raise translate(exc, cell=cell, dsn=dsn) from exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, OrgmoveError):
+        return False
+    if not isinstance(exc, psycopg.Error):
+        return isinstance(exc, ConnectionError | TimeoutError)
+    state = exc.sqlstate or ""
+    if state:
+        return state.startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    # No SQLSTATE: the connection itself broke (reset, server gone, closed under us).
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def translate(exc: BaseException, *, cell: str, dsn: str | None = None, what: str = "") -> OrgmoveError:
+    """Translate a driver error into the project's exception tree."""
+    if isinstance(exc, OrgmoveError):
+        return exc
+    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    where = f" ({what})" if what else ""
+    if isinstance(exc, psycopg.OperationalError) and not getattr(exc, "sqlstate", None):
+        lowered = text.lower()
+        if "password authentication failed" in lowered or "authentication failed" in lowered:
+            return AuthenticationFailed(
+                f"cell {cell!r} refused the login: {text}",
+                fix=f"check the user and password in the DSN of cell {cell!r}",
+            )
+        if any(s in lowered for s in ("connection refused", "could not connect", "timeout expired",
+                                        "could not translate host", "no such file", "connection to server")):
+            if not _connection_was_established(exc):
+                host = _host_of(dsn)
+                return CellUnreachable(
+                    f"cell {cell!r} is unreachable{' at ' + host if host else ''}: {text}",
+                    fix=f"check that the Cell's PostgreSQL is up and the DSN of cell {cell!r} is right",
+                )
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == "28P01" or state == "28000":
+        return AuthenticationFailed(
+            f"cell {cell!r} refused the login: {text}",
+            fix=f"check the user and password in the DSN of cell {cell!r}",
+        )
+    if is_transient(exc):
+        return TransientError(f"transient error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
+    return PermanentError(f"error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
+
+
+def _connection_was_established(exc: BaseException) -> bool:
+    # psycopg raises OperationalError from connect() with no pgconn; a later failure has one.
+    return getattr(exc, "pgconn", None) is not None
+
+
+def _host_of(dsn: str | None) -> str:
+    if not dsn:
+        return ""
+    with contextlib.suppress(Exception):
+        params = conninfo.conninfo_to_dict(dsn)
+        host = params.get("host") or "localhost"
+        port = params.get("port") or "5432"
+        return f"{host}:{port}"
+    return ""
+
+
+@contextlib.contextmanager
+def wrap_errors(cell: str, what: str = "") -> Iterator[None]:
+    """Translate driver errors raised inside the block."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc, cell=cell, what=what) from exc

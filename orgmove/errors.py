@@ -1,0 +1,153 @@
+"""The project's exception tree, rooted at :class:`OrgmoveError`.
+
+Every error an operator can see carries a stable ``code`` (for ``--json``), the process exit code,
+a message naming the problem and a ``fix`` saying what to do. Driver errors are translated into this
+tree at one boundary (:mod:`orgmove.db`); the CLI prints ``str(error)`` in one paragraph and shows
+a traceback only with ``--debug``.
+
+Exit codes (DESIGN.md section 7): 0 done; 1 failed after retries; 2 bad input or failed pre-flight
+(nothing changed); 3 verification mismatch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_MISMATCH = 3
+
+
+class OrgmoveError(Exception):
+    code = "error"
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, fix: str = "", details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        text = self.message.rstrip(".") + "."
+        if self.fix:
+            text += " Fix: " + self.fix.rstrip(".") + "."
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"code": self.code, "message": self.message, "fix": self.fix}
+        if self.details:
+            doc["details"] = self.details
+        return doc
+
+
+# --- exit 2: bad input or failed pre-flight; nothing was changed -------------------------------
+
+
+class BadInput(OrgmoveError):
+    code = "bad_input"
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(BadInput):
+    code = "config_error"
+
+
+class EnvironmentProblem(BadInput):
+    """The machine lacks something orgmove needs (server binaries, a free port, a directory)."""
+
+    code = "environment"
+
+
+class CellUnreachable(BadInput):
+    code = "cell_unreachable"
+
+
+class AuthenticationFailed(BadInput):
+    code = "authentication_failed"
+
+
+class UnknownOrganization(BadInput):
+    code = "unknown_organization"
+
+
+class PreflightFailed(BadInput):
+    code = "preflight_failed"
+
+
+class SchemaDrift(BadInput):
+    code = "schema_drift"
+
+
+class StalePlan(BadInput):
+    code = "stale_plan"
+
+
+class PlanError(BadInput):
+    code = "plan_error"
+
+
+class RulesError(BadInput):
+    code = "rules_error"
+
+
+class UnclassifiedTables(PlanError):
+    code = "unclassified_tables"
+
+
+class TargetConflict(PreflightFailed):
+    code = "target_conflict"
+
+
+class OwnershipError(PreflightFailed):
+    code = "ownership"
+
+
+class MoveStateError(BadInput):
+    """The move is not in a state that allows the command (cutover before copy, cleanup before
+    commit, a second move of the same organization)."""
+
+    code = "move_state"
+
+
+class TopologyRefused(BadInput):
+    code = "topology_refused"
+
+
+# --- exit 3: verification mismatch ---------------------------------------------------------------
+
+
+class VerificationMismatch(OrgmoveError):
+    code = "verify_mismatch"
+    exit_code = EXIT_MISMATCH
+
+
+# --- exit 1: failed after retries ----------------------------------------------------------------
+
+
+class TransientError(OrgmoveError):
+    """Worth retrying: connection lost, admin shutdown, serialization failure, deadlock."""
+
+    code = "transient"
+
+
+class PermanentError(OrgmoveError):
+    code = "permanent"
+
+
+class CopyFailed(PermanentError):
+    code = "copy_failed"
+
+
+class CutoverAborted(OrgmoveError):
+    code = "cutover_aborted"
+
+
+class TopologyUnavailable(TransientError):
+    code = "topology_unavailable"
+
+
+class Interrupted(OrgmoveError):
+    code = "interrupted"
+    exit_code = 130
