@@ -195,3 +195,87 @@ def wrap_errors(cell: str, what: str = "") -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise translate(exc, cell=cell, what=what) from exc
+
+
+# --- asyncpg: the data plane (see docs/adr/0001-data-plane-driver.md) ---------------------------
+
+
+async def connect_data_plane(
+    dsn: str,
+    *,
+    cell: str,
+    application_name: str,
+    statement_timeout_s: float = 0,
+    lock_timeout_s: float = 5.0,
+    connect_timeout_s: float = 10,
+) -> Any:
+    """An asyncpg connection with the same name and session settings as :func:`connect`."""
+    import asyncpg
+
+    settings = session_settings(statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s)
+    settings.pop("client_encoding", None)
+    settings["application_name"] = application_name[:63]
+    try:
+        return await asyncpg.connect(
+            _asyncpg_dsn(dsn), server_settings=settings, timeout=connect_timeout_s,
+            statement_cache_size=0,
+        )
+    except Exception as exc:
+        raise translate_any(exc, cell=cell, dsn=dsn) from exc
+
+
+def _asyncpg_dsn(dsn: str) -> str:
+    if "://" in dsn:
+        return dsn
+    # key=value form: asyncpg only takes URIs.
+    return _uri_from_params(conninfo.conninfo_to_dict(dsn))
+
+
+def _uri_from_params(params: dict[str, Any]) -> str:
+    from urllib.parse import quote
+
+    user = quote(str(params.get("user", "")), safe="")
+    password = params.get("password")
+    auth = f"{user}:{quote(str(password), safe='')}@" if password else (f"{user}@" if user else "")
+    host = params.get("host", "localhost")
+    port = params.get("port", 5432)
+    db = quote(str(params.get("dbname", "")), safe="")
+    return f"postgresql://{auth}{host}:{port}/{db}"
+
+
+def translate_any(exc: BaseException, *, cell: str, dsn: str | None = None, what: str = "") -> OrgmoveError:
+    """Translate a psycopg *or* asyncpg error."""
+    if isinstance(exc, OrgmoveError):
+        return exc
+    if isinstance(exc, psycopg.Error):
+        return translate(exc, cell=cell, dsn=dsn, what=what)
+    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    where = f" ({what})" if what else ""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state in ("28P01", "28000"):
+        return AuthenticationFailed(
+            f"cell {cell!r} refused the login: {text}",
+            fix=f"check the user and password in the DSN of cell {cell!r}",
+        )
+    if isinstance(exc, ConnectionRefusedError | OSError) and not state and dsn is not None:
+        host = _host_of(dsn)
+        return CellUnreachable(
+            f"cell {cell!r} is unreachable{' at ' + host if host else ''}: {text}",
+            fix=f"check that the Cell's PostgreSQL is up and the DSN of cell {cell!r} is right",
+        )
+    if is_transient_any(exc):
+        return TransientError(f"transient error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
+    return PermanentError(f"error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
+
+
+def is_transient_any(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg.Error | OrgmoveError):
+        return is_transient(exc)
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return str(state).startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    import asyncpg
+
+    if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError | asyncpg.InterfaceError):
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)

@@ -68,6 +68,7 @@ class Step(BaseModel):
     estimated_rows: int = 0
     estimated_bytes: int = 0
     partitions: list[str] = Field(default_factory=list)  # leaves covered through this parent
+    self_referencing: bool = False  # an FK from this table to itself (copied in one chunk)
     reason: str = ""
 
 

@@ -1,0 +1,3 @@
+from orgmove.cli import main
+
+main()

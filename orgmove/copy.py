@@ -1,0 +1,657 @@
+"""copy: stream the organization's rows from the source Cell to the target Cell.
+
+- One exported snapshot (``pg_export_snapshot()``) is imported by every chunk's source
+  transaction, so all tables are copied as of one instant.
+- Work is split into chunks by key range; chunks are persisted in ``orgmove.chunks`` on the target
+  the first time, so a resumed copy works on the same ranges.
+- Each chunk's rows and its checkpoint commit in ONE target transaction: after a crash a chunk is
+  either copied and recorded, or absent. Resume skips done chunks; nothing is copied twice.
+- Rows flow as raw binary COPY bytes through a bounded queue; they are never decoded in Python.
+- Tables start only when the tables they reference are complete (the target enforces FKs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from orgmove import db, state
+from orgmove.chunking import (
+    WHOLE,
+    KeyRange,
+    boundaries_query,
+    ranges_from_boundaries,
+    select_chunk,
+    single_chunk_only,
+)
+from orgmove.config import Config
+from orgmove.errors import (
+    CopyFailed,
+    MoveStateError,
+    OrgmoveError,
+    TransientError,
+)
+from orgmove.faults import afailpoint
+from orgmove.movectx import MoveContext
+from orgmove.obs import METRICS, NullProgress, ProgressSink, log
+from orgmove.plan import Plan, Step, split_table
+from orgmove.retry import RetryPolicy, retry_async
+
+QUEUE_DEPTH = 32  # COPY data blocks buffered between a chunk's reader and writer
+INVALID_SNAPSHOT = "22023"
+
+
+@dataclass
+class CopyOptions:
+    workers: int = 2
+    chunk_rows: int = 50_000
+    rate_rows_per_s: float | None = None
+    max_replica_lag_s: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dry_run: bool = False
+    generation: int = 0
+
+
+@dataclass
+class TableCopy:
+    table: str
+    rows: int = 0
+    bytes: int = 0
+    chunks: int = 0
+    chunks_copied: int = 0
+    chunks_skipped: int = 0
+    estimated_rows: int = 0
+
+
+@dataclass
+class CopyReport:
+    move_key: str
+    org: str
+    from_cell: str
+    to_cell: str
+    dry_run: bool = False
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    chunks_total: int = 0
+    chunks_copied: int = 0
+    chunks_skipped: int = 0
+    snapshots: int = 0
+    snapshot_consistent: bool = True
+    retries: int = 0
+    tables: dict[str, TableCopy] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "move": self.move_key,
+            "org": self.org,
+            "from": self.from_cell,
+            "to": self.to_cell,
+            "dry_run": self.dry_run,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "rows_per_s": round(self.rows_per_s, 1),
+            "chunks": {
+                "total": self.chunks_total,
+                "copied": self.chunks_copied,
+                "skipped": self.chunks_skipped,
+            },
+            "snapshots": self.snapshots,
+            "snapshot_consistent": self.snapshot_consistent,
+            "retries": self.retries,
+            "tables": [
+                {
+                    "table": t.table,
+                    "rows": t.rows,
+                    "bytes": t.bytes,
+                    "chunks": t.chunks,
+                    "chunks_copied": t.chunks_copied,
+                    "chunks_skipped": t.chunks_skipped,
+                    "estimated_rows": t.estimated_rows,
+                }
+                for t in self.tables.values()
+            ],
+        }
+
+
+# --- the snapshot --------------------------------------------------------------------------------
+
+
+class SnapshotHolder:
+    """Keeps the exporting transaction open on the source for as long as chunks import it."""
+
+    def __init__(self, ctx: MoveContext) -> None:
+        self.ctx = ctx
+        self.conn: psycopg.Connection[Any] | None = None
+        self.snapshot_id = ""
+        self.exports = 0
+
+    def export(self) -> str:
+        self.close()
+        conn = self.ctx.connect_source("snapshot", autocommit=False)
+        with db.wrap_errors(self.ctx.source, "export snapshot"):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        self.conn = conn
+        self.snapshot_id = str(row[0])
+        self.exports += 1
+        return self.snapshot_id
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = None
+
+
+def import_snapshot_sql(snapshot_id: str) -> str:
+    return sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)).as_string(None)
+
+
+# --- chunk planning ------------------------------------------------------------------------------
+
+
+def compute_chunks(
+    ctx: MoveContext, snapshot_id: str, chunk_rows: int
+) -> dict[str, list[KeyRange]]:
+    """Key ranges of every step, computed inside the exported snapshot."""
+    plan = ctx.plan
+    result: dict[str, list[KeyRange]] = {}
+    with ctx.connect_source("chunker", autocommit=False) as conn, db.wrap_errors(
+        ctx.source, "chunk boundaries"
+    ):
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(import_snapshot_sql(snapshot_id))  # type: ignore[arg-type]
+        for step in plan.steps:
+            if single_chunk_only(step):
+                result[step.table] = [WHOLE]
+                continue
+            rows = conn.execute(boundaries_query(step, plan.root, plan.org, chunk_rows)).fetchall()
+            result[step.table] = ranges_from_boundaries([tuple(r) for r in rows])
+        conn.rollback()
+    return result
+
+
+# --- scheduling ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkTask:
+    step: Step
+    chunk_no: int
+    range: KeyRange
+
+
+class Scheduler:
+    """Hands out chunks whose table's dependencies are complete, in plan order."""
+
+    def __init__(self, plan: Plan, pending: dict[str, list[ChunkTask]]) -> None:
+        planned = {s.table for s in plan.steps}
+        self.order = [s.table for s in plan.steps]
+        self.deps = {
+            s.table: {d for d in s.depends_on if d in planned and d != s.table} for s in plan.steps
+        }
+        self.pending = {t: list(tasks) for t, tasks in pending.items()}
+        self.in_flight = {t: 0 for t in self.order}
+        self.complete = {t for t in self.order if not self.pending.get(t)}
+        self.cond = asyncio.Condition()
+        self.failed: BaseException | None = None
+
+    def _ready(self, table: str) -> bool:
+        return self.deps[table] <= self.complete
+
+    async def next(self) -> ChunkTask | None:
+        async with self.cond:
+            while True:
+                if self.failed is not None:
+                    return None
+                for table in self.order:
+                    queue = self.pending.get(table)
+                    if queue and self._ready(table):
+                        self.in_flight[table] += 1
+                        return queue.pop(0)
+                if all(not q for q in self.pending.values()):
+                    return None
+                await self.cond.wait()
+
+    async def done(self, task: ChunkTask) -> None:
+        async with self.cond:
+            table = task.step.table
+            self.in_flight[table] -= 1
+            if not self.pending.get(table) and self.in_flight[table] == 0:
+                self.complete.add(table)
+            self.cond.notify_all()
+
+    async def fail(self, exc: BaseException) -> None:
+        async with self.cond:
+            if self.failed is None:
+                self.failed = exc
+            self.cond.notify_all()
+
+
+# --- throttling ----------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    def __init__(self, rows_per_s: float | None) -> None:
+        self.rate = rows_per_s
+        self.start = time.monotonic()
+        self.rows = 0
+        self.lock = asyncio.Lock()
+
+    async def account(self, rows: int) -> None:
+        if not self.rate:
+            return
+        async with self.lock:
+            self.rows += rows
+            due = self.start + self.rows / self.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class ReplicaLagGuard:
+    """Pauses the copy while any replica of the target lags more than the threshold."""
+
+    def __init__(self, max_lag_s: float, check_every_s: float = 2.0) -> None:
+        self.max_lag_s = max_lag_s
+        self.check_every_s = check_every_s
+        self.last_check = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self, conn: Any) -> None:
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                if now - self.last_check < self.check_every_s:
+                    return
+                lag = await conn.fetchval(
+                    "SELECT COALESCE(max(EXTRACT(epoch FROM replay_lag)), 0)::float8 "
+                    "FROM pg_stat_replication"
+                )
+                if lag is None or lag <= self.max_lag_s:
+                    self.last_check = now
+                    return
+                log(logging.WARNING, "target replica lag above threshold; pausing",
+                    lag_s=round(lag, 1), max_lag_s=self.max_lag_s)
+                await asyncio.sleep(self.check_every_s)
+
+
+# --- the workers ---------------------------------------------------------------------------------
+
+
+class WorkerConnections:
+    def __init__(self, ctx: MoveContext, worker_no: int) -> None:
+        self.ctx = ctx
+        self.name = f"w{worker_no}"
+        self.src: Any = None
+        self.dst: Any = None
+
+    async def ensure(self) -> tuple[Any, Any]:
+        d = self.ctx.config.defaults
+        if self.src is None or self.src.is_closed():
+            self.src = await db.connect_data_plane(
+                self.ctx.source_dsn, cell=self.ctx.source,
+                application_name=self.ctx.app_name(self.name),
+                statement_timeout_s=d.statement_timeout_s, lock_timeout_s=d.lock_timeout_s,
+            )
+        if self.dst is None or self.dst.is_closed():
+            self.dst = await db.connect_data_plane(
+                self.ctx.target_dsn, cell=self.ctx.target,
+                application_name=self.ctx.app_name(self.name),
+                statement_timeout_s=d.statement_timeout_s, lock_timeout_s=d.lock_timeout_s,
+            )
+        return self.src, self.dst
+
+    async def reset(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
+        self.src = self.dst = None
+
+    async def close(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+
+
+async def stream_chunk(src: Any, dst: Any, step: Step, select_sql: str) -> tuple[int, int]:
+    """Pipe one chunk: source COPY TO STDOUT (binary) -> bounded queue -> target COPY FROM STDIN.
+    Returns (rows, bytes). Runs inside the caller's target transaction."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_DEPTH)
+    nbytes = 0
+
+    async def sink(data: bytes) -> None:
+        nonlocal nbytes
+        nbytes += len(data)
+        await queue.put(data)
+
+    async def produce() -> None:
+        await src.copy_from_query(select_sql, output=sink, format="binary")
+        await queue.put(None)
+
+    async def blocks() -> Any:
+        while True:
+            data = await queue.get()
+            if data is None:
+                return
+            yield data
+
+    schema, name = split_table(step.table)
+    status = ""
+
+    async def consume() -> None:
+        nonlocal status
+        status = await dst.copy_to_table(
+            name, schema_name=schema, columns=step.columns, source=blocks(), format="binary"
+        )
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(produce())
+        tg.create_task(consume())
+    rows = int(status.split()[-1]) if status else 0
+    return rows, nbytes
+
+
+class CopyRun:
+    def __init__(
+        self,
+        ctx: MoveContext,
+        options: CopyOptions,
+        holder: SnapshotHolder,
+        report: CopyReport,
+        progress: ProgressSink,
+    ) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.holder = holder
+        self.report = report
+        self.progress = progress
+        self.snapshot_lock = asyncio.Lock()
+        self.rate = RateLimiter(options.rate_rows_per_s)
+        self.lag = ReplicaLagGuard(options.max_replica_lag_s)
+
+    async def refresh_snapshot(self, stale_id: str) -> None:
+        async with self.snapshot_lock:
+            if self.holder.snapshot_id != stale_id:
+                return
+            await asyncio.to_thread(self.holder.export)
+            self.report.snapshot_consistent = False
+            log(logging.WARNING, "source snapshot was lost; remaining chunks use a new snapshot "
+                "(cutover's sync step levels the difference)", move=self.ctx.plan.move_key,
+                snapshots=self.holder.exports)
+
+    async def copy_one(self, conns: WorkerConnections, task: ChunkTask) -> tuple[int, int] | None:
+        """Copy one chunk in one target transaction. None: another run already did it."""
+        plan = self.ctx.plan
+        step = task.step
+        src, dst = await conns.ensure()
+        await self.lag.wait(dst)
+        snapshot_id = self.holder.snapshot_id
+        select_sql = select_chunk(step, plan.root, plan.org, task.range).as_string(None)
+        tr = dst.transaction()
+        await tr.start()
+        try:
+            chunk_state = await dst.fetchval(
+                "SELECT state FROM orgmove.chunks WHERE move_key = $1 AND table_name = $2 "
+                "AND chunk_no = $3 FOR UPDATE",
+                plan.move_key, step.table, task.chunk_no,
+            )
+            if chunk_state == "done":
+                await tr.rollback()
+                return None
+            src_tr = src.transaction(isolation="repeatable_read", readonly=True)
+            await src_tr.start()
+            try:
+                try:
+                    await src.execute(import_snapshot_sql(snapshot_id))
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) == INVALID_SNAPSHOT:
+                        await self.refresh_snapshot(snapshot_id)
+                        raise TransientError(f"snapshot {snapshot_id} is gone; retrying on a new one") from exc
+                    raise
+                rows, nbytes = await stream_chunk(src, dst, step, select_sql)
+            finally:
+                with contextlib.suppress(Exception):
+                    await src_tr.rollback()
+            await afailpoint("copy.before_commit")
+            await dst.execute(
+                "UPDATE orgmove.chunks SET state = 'done', rows = $4, bytes = $5, "
+                "generation = $6, finished_at = clock_timestamp(), attempts = attempts + 1 "
+                "WHERE move_key = $1 AND table_name = $2 AND chunk_no = $3",
+                plan.move_key, step.table, task.chunk_no, rows, nbytes, self.options.generation,
+            )
+            await dst.execute(
+                "INSERT INTO orgmove.chunk_log (move_key, table_name, chunk_no, generation, rows, "
+                "bytes, snapshot) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                plan.move_key, step.table, task.chunk_no, self.options.generation, rows, nbytes,
+                snapshot_id,
+            )
+            await tr.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await tr.rollback()
+            raise
+        await afailpoint("copy.after_commit")
+        return rows, nbytes
+
+    async def worker(self, worker_no: int, scheduler: Scheduler) -> None:
+        conns = WorkerConnections(self.ctx, worker_no)
+        try:
+            while (task := await scheduler.next()) is not None:
+                def on_retry(exc: BaseException, attempt: int, task: ChunkTask = task) -> None:
+                    self.report.retries += 1
+                    METRICS.retries.inc()
+                    METRICS.chunks_failed.inc()
+                    log(logging.WARNING, f"chunk failed, retrying: {db.translate_any(exc, cell='?')}",
+                        table=task.step.table, chunk=task.chunk_no, attempt=attempt)
+
+                async def attempt(task: ChunkTask = task) -> tuple[int, int] | None:
+                    try:
+                        return await self.copy_one(conns, task)
+                    except BaseException:
+                        await conns.reset()
+                        raise
+
+                try:
+                    result = await retry_async(attempt, self.options.retry, on_retry=on_retry)
+                except Exception as exc:
+                    error = db.translate_any(exc, cell=f"{self.ctx.source}->{self.ctx.target}")
+                    failure = CopyFailed(
+                        f"copy of {task.step.table} chunk {task.chunk_no} failed: {error.message}",
+                        fix="fix the cause and run the same `orgmove copy` again: it resumes "
+                        "where it stopped",
+                        details={"table": task.step.table, "chunk": task.chunk_no},
+                    )
+                    await scheduler.fail(failure)
+                    raise failure from exc
+                table = self.report.tables[task.step.table]
+                if result is None:
+                    table.chunks_skipped += 1
+                    self.report.chunks_skipped += 1
+                else:
+                    rows, nbytes = result
+                    table.rows += rows
+                    table.bytes += nbytes
+                    table.chunks_copied += 1
+                    self.report.rows += rows
+                    self.report.bytes += nbytes
+                    self.report.chunks_copied += 1
+                    METRICS.rows_copied.labels(task.step.table).inc(rows)
+                    METRICS.bytes_copied.labels(task.step.table).inc(nbytes)
+                    METRICS.chunks_done.inc()
+                    self.progress.advance(task.step.table, rows, nbytes)
+                    await self.rate.account(rows)
+                await scheduler.done(task)
+        finally:
+            await conns.close()
+
+    async def run(self, pending: dict[str, list[ChunkTask]]) -> None:
+        scheduler = Scheduler(self.ctx.plan, pending)
+        workers = max(1, self.options.workers)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(workers):
+                    tg.create_task(self.worker(i, scheduler))
+        except* OrgmoveError as group:
+            raise group.exceptions[0] from None
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def run_copy(
+    plan: Plan,
+    config: Config,
+    options: CopyOptions | None = None,
+    progress: ProgressSink | None = None,
+) -> CopyReport:
+    options = options or CopyOptions()
+    progress = progress or NullProgress()
+    ctx = MoveContext.create(plan, config)
+    report = CopyReport(plan.move_key, str(plan.org), plan.from_cell, plan.to_cell, dry_run=options.dry_run)
+    started = time.monotonic()
+    with ctx.control() as (src, dst):
+        ctx.check_fingerprints(src, dst)
+        if options.dry_run:
+            return _dry_run(ctx, dst, options, report)
+        move = state.ensure_move(dst, plan)
+        if move.state in ("committed", "cleaning", "cleaned"):
+            raise MoveStateError(
+                f"move {plan.move_key} is already {move.state}: the organization lives on "
+                f"{plan.to_cell}", fix="nothing to copy; `orgmove status` shows the move",
+            )
+        if move.state == "cutover":
+            raise MoveStateError(
+                f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
+            )
+        with _exclusive_move_lock(dst, plan):
+            holder = SnapshotHolder(ctx)
+            try:
+                snapshot_id = holder.export()
+                chunks = state.load_chunks(dst, plan.move_key)
+                if not chunks:
+                    ranges = compute_chunks(ctx, snapshot_id, options.chunk_rows)
+                    for step in plan.steps:
+                        state.insert_chunks(dst, plan.move_key, step.table, ranges[step.table])
+                    chunks = state.load_chunks(dst, plan.move_key)
+                done_before = sum(1 for c in chunks if c.state == "done")
+                consistent = move.snapshot_consistent and done_before == 0
+                state.update_move(
+                    dst, plan.move_key, state="copying", snapshots=move.snapshots + 1,
+                    snapshot_consistent=consistent,
+                    copy_started_at=move.get("copy_started_at") or _now(dst),
+                    last_error=None,
+                )
+                report.snapshot_consistent = consistent
+                state.record_event(dst, plan.move_key, "copy_started", "copy started",
+                                   snapshot=snapshot_id, chunks=len(chunks), done_before=done_before)
+                steps = {s.table: s for s in plan.steps}
+                pending: dict[str, list[ChunkTask]] = {s.table: [] for s in plan.steps}
+                for s in plan.steps:
+                    report.tables[s.table] = TableCopy(s.table, estimated_rows=s.estimated_rows)
+                for c in chunks:
+                    if c.table_name not in steps:
+                        continue
+                    report.tables[c.table_name].chunks += 1
+                    report.chunks_total += 1
+                    if c.state == "done":
+                        report.tables[c.table_name].chunks_skipped += 1
+                        report.chunks_skipped += 1
+                    else:
+                        pending[c.table_name].append(ChunkTask(steps[c.table_name], c.chunk_no, c.range))
+                progress.start("copy", {s.table: s.estimated_rows for s in plan.steps},
+                               sum(s.estimated_bytes for s in plan.steps))
+                run = CopyRun(ctx, options, holder, report, progress)
+                try:
+                    asyncio.run(run.run(pending))
+                except OrgmoveError as exc:
+                    state.update_move(dst, plan.move_key, state="copying", last_error=str(exc))
+                    state.record_event(dst, plan.move_key, "copy_failed", str(exc))
+                    raise
+                except KeyboardInterrupt:
+                    state.record_event(dst, plan.move_key, "copy_interrupted",
+                                       "copy interrupted by the operator; rerun to resume")
+                    raise
+                finally:
+                    progress.finish()
+            finally:
+                holder.close()
+            report.snapshots = holder.exports
+            report.snapshot_consistent = report.snapshot_consistent and holder.exports == 1
+            report.seconds = time.monotonic() - started
+            state.update_move(
+                dst, plan.move_key, state="copied", snapshots=move.snapshots + holder.exports,
+                snapshot_consistent=report.snapshot_consistent, copy_finished_at=_now(dst),
+            )
+            state.record_event(dst, plan.move_key, "copy_finished", "copy finished",
+                               rows=report.rows, bytes=report.bytes, seconds=round(report.seconds, 3))
+    return report
+
+
+@contextlib.contextmanager
+def _exclusive_move_lock(dst: psycopg.Connection[Any], plan: Plan) -> Any:
+    key = f"{state.ADVISORY_NAMESPACE}{plan.move_key}"
+    row = dst.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
+    if not row or not row[0]:
+        raise MoveStateError(
+            f"another orgmove process is working on move {plan.move_key}",
+            fix="wait for it to finish (`orgmove status` shows it) or stop it first",
+        )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            dst.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+def _now(conn: psycopg.Connection[Any]) -> Any:
+    row = conn.execute("SELECT now()").fetchone()
+    return row[0] if row else None
+
+
+def _dry_run(ctx: MoveContext, dst: psycopg.Connection[Any], options: CopyOptions, report: CopyReport) -> CopyReport:
+    plan = ctx.plan
+    move = state.get_move(dst, plan.move_key)
+    done: dict[str, int] = {}
+    if move is not None:
+        for c in state.load_chunks(dst, plan.move_key):
+            if c.state == "done":
+                done[c.table_name] = done.get(c.table_name, 0) + 1
+    for step in plan.steps:
+        n = 1 if single_chunk_only(step) else max(1, -(-step.estimated_rows // options.chunk_rows))
+        report.tables[step.table] = TableCopy(
+            step.table, rows=step.estimated_rows, bytes=step.estimated_bytes, chunks=n,
+            chunks_skipped=done.get(step.table, 0), estimated_rows=step.estimated_rows,
+        )
+        report.rows += step.estimated_rows
+        report.bytes += step.estimated_bytes
+        report.chunks_total += n
+        report.chunks_skipped += done.get(step.table, 0)
+    return report
+
+
+def chunk_log_duplicates(conn: psycopg.Connection[Any], move_key: str) -> list[tuple[str, int, int]]:
+    """(table, chunk, commits) for any chunk generation committed more than once (never expected)."""
+    rows = conn.execute(
+        "SELECT table_name, chunk_no, count(*) FROM orgmove.chunk_log WHERE move_key = %s "
+        "GROUP BY table_name, chunk_no, generation HAVING count(*) > 1",
+        (move_key,),
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+

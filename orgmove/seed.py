@@ -1,0 +1,1028 @@
+"""The GitLab-shaped fixture data: schema installation and a deterministic, set-based generator.
+
+One schema (``orgmove/sql/fixture_schema.sql``) and one generator with a scale knob, used by the
+tests, the demo, the sandbox and the benchmarks (DESIGN.md section 8).
+
+* :func:`install_schema` loads the schema into a Cell (idempotent) and moves every sequence of the
+  fixture schema into the Cell's id range (cell N allocates from ``N * 10**12``).
+* :func:`seed` writes the cluster-wide rows (``users``, ``lfs_objects``) identically into every
+  Cell and each organization's rows into its home Cell (:func:`org_home`).
+* :func:`org_row_counts` counts, with hand-written queries, how many rows of each table belong to an
+  organization; tests compare it with the planner.
+
+The generator is deterministic: every pseudo-random choice is a hash of (row ordinal, seed, org,
+table) computed by ``hashint8extended`` on the server, ids are allocated in blocks from the Cell's
+sequences in a fixed order, and no value depends on the clock. Rows are produced server-side by
+``INSERT ... SELECT ... FROM generate_series(...)``: there is no Python loop per row. All Cells are
+written in parallel (one thread and one transaction each) and committed together at the end.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.numeric import Int8
+from pydantic import BaseModel, Field
+
+from orgmove.db import connect, translate
+from orgmove.errors import BadInput, PreflightFailed
+
+APP = "orgmove-seed"
+ID_RANGE = 10**12
+FIXTURE_SCHEMAS = ("public", "gitlab_partitions_dynamic")
+
+# Tables of the fixture schema by class (what the planner is expected to find).
+CLUSTER_WIDE_TABLES = ("users", "lfs_objects")
+CELL_LOCAL_TABLES = ("application_settings", "schema_migrations")
+ORG_TABLES = (
+    "organizations",
+    "namespaces",
+    "routes",
+    "projects",
+    "project_statistics",
+    "labels",
+    "members",
+    "project_authorizations",
+    "issues",
+    "merge_requests",
+    "notes",
+    "label_links",
+    "ci_pipelines",
+    "p_ci_builds",
+    "ci_job_artifacts",
+    "lfs_objects_projects",
+    "web_hook_logs_archive",
+)
+ALL_TABLES = CELL_LOCAL_TABLES + CLUSTER_WIDE_TABLES + ORG_TABLES
+
+_LOCK_KEY = "orgmove.fixture_schema"
+
+
+# ------------------------------------------------------------------------------------------------
+# Scales and per-organization shapes
+
+
+@dataclass(frozen=True)
+class Scale:
+    """``factor`` multiplies :data:`BASE_COUNTS` (the row counts of org 1 at factor 1)."""
+
+    name: str
+    factor: float
+    users: int
+    lfs_objects: int
+
+
+SCALES: dict[str, Scale] = {
+    "tiny": Scale("tiny", 0.03, users=40, lfs_objects=10),
+    "small": Scale("small", 1.0, users=300, lfs_objects=100),
+    "medium": Scale("medium", 10.0, users=3_000, lfs_objects=1_000),
+    "large": Scale("large", 100.0, users=10_000, lfs_objects=5_000),
+}
+
+# Rows of org 1 at factor 1 ("small": ~11,000 rows; "large": ~1.1 million).
+BASE_COUNTS: dict[str, int] = {
+    "groups": 3,
+    "subgroups": 5,
+    "user_namespaces": 4,
+    "projects": 20,
+    "project_labels": 100,
+    "group_labels": 20,
+    "members": 50,
+    "project_authorizations": 100,
+    "issues": 2_000,
+    "merge_requests": 600,
+    "notes": 4_000,
+    "label_links": 1_000,
+    "ci_pipelines": 400,
+    "p_ci_builds": 2_000,
+    "ci_job_artifacts": 400,
+    "lfs_objects_projects": 50,
+    "web_hook_logs_archive": 200,
+}
+
+MINIMUM_COUNTS: dict[str, int] = {
+    "groups": 1,
+    "subgroups": 1,
+    "user_namespaces": 1,
+    "projects": 3,
+    "project_labels": 3,
+    "group_labels": 1,
+    "members": 2,
+    "project_authorizations": 3,
+    "issues": 5,
+    "merge_requests": 3,
+    "notes": 5,
+    "label_links": 3,
+    "ci_pipelines": 2,
+    "p_ci_builds": 4,
+    "ci_job_artifacts": 2,
+    "lfs_objects_projects": 2,
+    "web_hook_logs_archive": 4,
+}
+
+_CI = ("ci_pipelines", "p_ci_builds", "ci_job_artifacts")
+_WORK = ("issues", "notes", "label_links")
+
+
+@dataclass(frozen=True)
+class Shape:
+    size: float
+    multipliers: dict[str, float] = field(default_factory=dict)
+    deep_groups: bool = False  # subgroups nest in chains rather than fan out
+
+
+def org_shape(org_id: int) -> Shape:
+    """Organizations differ in size and shape; org 1 is the biggest."""
+    if org_id == 1:
+        return Shape(1.0)
+    if org_id == 2:  # issue-heavy, little CI, deep group hierarchy
+        mult = {t: 1.6 for t in _WORK} | {t: 0.2 for t in _CI} | {"subgroups": 3.0}
+        return Shape(0.45, mult, deep_groups=True)
+    if org_id == 3:  # CI-heavy, few issues
+        mult = {t: 2.5 for t in _CI} | {t: 0.4 for t in _WORK}
+        return Shape(0.3, mult)
+    return Shape(0.1 + 0.05 * (org_id % 4), deep_groups=org_id % 2 == 0)
+
+
+@dataclass(frozen=True)
+class OrgCounts:
+    org_id: int
+    counts: dict[str, int]
+    deep_groups: bool
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts[key]
+
+
+def org_counts(org_id: int, scale: str, orgs: int) -> OrgCounts:
+    sc = _scale(scale)
+    shape = org_shape(org_id)
+    counts: dict[str, int] = {}
+    for key, base in BASE_COUNTS.items():
+        value = round(base * sc.factor * shape.size * shape.multipliers.get(key, 1.0))
+        counts[key] = max(MINIMUM_COUNTS[key], value)
+    # Invariants the generator relies on.
+    available_users = (sc.users - org_id) // orgs + 1
+    counts["user_namespaces"] = max(0, min(counts["user_namespaces"], available_users))
+    counts["project_labels"] = max(counts["project_labels"], counts["projects"])
+    per_project = max(1, min(sc.users, counts["project_authorizations"] // counts["projects"]))
+    counts["project_authorizations"] = per_project * counts["projects"]
+    counts["p_ci_builds"] = max(counts["p_ci_builds"], counts["ci_pipelines"])
+    counts["ci_job_artifacts"] = min(counts["ci_job_artifacts"], counts["p_ci_builds"])
+    counts["cross_org_merge_requests"] = max(3, round(20 * sc.factor))
+    return OrgCounts(org_id, counts, shape.deep_groups)
+
+
+def _scale(scale: str) -> Scale:
+    try:
+        return SCALES[scale]
+    except KeyError:
+        raise BadInput(
+            f"unknown scale {scale!r}",
+            fix="use one of: " + ", ".join(SCALES),
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Cells
+
+
+def cell_number(cell_name: str) -> int:
+    """The number of a cell named like ``cell-2`` (its id range starts at number * 10**12)."""
+    m = re.fullmatch(r".*?(\d+)", cell_name)
+    if not m or int(m.group(1)) < 1:
+        raise BadInput(
+            f"cell name {cell_name!r} does not end in a cell number",
+            fix="name cells cell-1, cell-2, ...: the number selects the cell's id range",
+        )
+    return int(m.group(1))
+
+
+def org_home(org_id: int, cell_names: Sequence[str]) -> str:
+    """The cell an organization is seeded into: org 1 -> cell-1, org 2 -> cell-2, org 3 -> cell-1,
+    ... (round robin over the cells ordered by number)."""
+    if not cell_names:
+        raise BadInput("no cells to seed", fix="configure at least one cell")
+    if org_id < 1:
+        raise BadInput(f"organization id {org_id} is not positive", fix="use ids 1..N")
+    ordered = sorted(cell_names, key=lambda n: (cell_number(n), n))
+    return ordered[(org_id - 1) % len(ordered)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Schema
+
+
+def schema_sql() -> str:
+    return (resources.files("orgmove") / "sql" / "fixture_schema.sql").read_text(encoding="utf-8")
+
+
+def install_schema(dsn: str, cell_number: int, *, cell: str | None = None) -> None:
+    """Load the fixture schema into the database at ``dsn`` unless it is there, and move every
+    sequence of the fixture schema into the cell's id range. Idempotent."""
+    if cell_number < 1:
+        raise BadInput(f"cell number {cell_number} is not positive", fix="number cells from 1")
+    name = cell or f"cell-{cell_number}"
+    lo, hi = cell_number * ID_RANGE, (cell_number + 1) * ID_RANGE
+    try:
+        with connect(dsn, cell=name, application_name=APP, lock_timeout_s=60) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [_LOCK_KEY])
+            row = conn.execute("SELECT to_regclass('public.organizations') IS NOT NULL").fetchone()
+            if not (row and row[0]):
+                conn.execute(schema_sql().encode())
+            row = conn.execute(
+                "SELECT (settings->>'cell_number')::bigint FROM public.application_settings"
+                " ORDER BY id LIMIT 1"
+            ).fetchone()
+            if row is not None and row[0] != cell_number:
+                raise PreflightFailed(
+                    f"the fixture schema on cell {name!r} was installed for cell number {row[0]}, "
+                    f"not {cell_number}",
+                    fix="use a fresh database for this cell, or the cell name it was installed as",
+                )
+            beyond = conn.execute(
+                "SELECT schemaname || '.' || sequencename FROM pg_sequences"
+                " WHERE schemaname = ANY(%s) AND last_value >= %s ORDER BY 1",
+                [list(FIXTURE_SCHEMAS), Int8(hi)],
+            ).fetchall()
+            if beyond:
+                raise PreflightFailed(
+                    f"sequences on cell {name!r} are beyond the cell's id range "
+                    f"[{lo}, {hi}): {', '.join(r[0] for r in beyond)}",
+                    fix="check the cell number; each cell must allocate ids from its own range",
+                )
+            conn.execute(
+                "SELECT setval(format('%%I.%%I', schemaname, sequencename)::regclass, %s, false)"
+                " FROM pg_sequences WHERE schemaname = ANY(%s) AND coalesce(last_value, 0) < %s",
+                [Int8(lo), list(FIXTURE_SCHEMAS), Int8(lo)],
+            )
+            if row is None:
+                conn.execute(
+                    "INSERT INTO public.application_settings (settings)"
+                    " VALUES (jsonb_build_object('cell_number', %s::bigint, 'id_range',"
+                    " jsonb_build_array(%s::bigint, %s::bigint)))",
+                    [Int8(cell_number), Int8(lo), Int8(hi)],
+                )
+    except psycopg.Error as exc:
+        raise translate(exc, cell=name, dsn=dsn, what="install the fixture schema") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+class OrgSeed(BaseModel):
+    id: int
+    cell: str
+    rows: int
+    tables: dict[str, int] = Field(default_factory=dict)
+
+
+class SeedReport(BaseModel):
+    scale: str
+    seed: int
+    orgs: list[OrgSeed]
+    rows: dict[str, dict[str, int]]  # cell -> table -> rows written
+    total_rows: int
+    seconds: float
+    rows_per_s: float
+
+    def cell_rows(self, cell: str) -> int:
+        return sum(self.rows.get(cell, {}).values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Generator SQL. Helpers are session-local (pg_temp) SQL functions; the simple ones are inlined.
+
+_HELPERS = """
+CREATE FUNCTION pg_temp.om_h(k bigint, s bigint) RETURNS bigint
+    LANGUAGE sql IMMUTABLE AS $$ SELECT hashint8extended(k, s) & 9007199254740991 $$;
+CREATE FUNCTION pg_temp.om_u(k bigint, s bigint) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT (hashint8extended(k, s) & 9007199254740991)::float8 / 9007199254740992 $$;
+CREATE FUNCTION pg_temp.om_ts(k bigint, s bigint) RETURNS timestamptz
+    LANGUAGE sql STABLE
+    AS $$ SELECT timestamptz '2019-01-01 00:00:00+00'
+                 + ((hashint8extended(k, s) & 9007199254740991) % 126230400000000)
+                   * interval '1 microsecond' $$;
+CREATE FUNCTION pg_temp.om_text(k bigint, n integer) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT string_agg(md5((k * 100000 + g)::text), '' ORDER BY g)
+          FROM generate_series(1, n) g $$;
+CREATE FUNCTION pg_temp.om_bytes(k bigint, n integer) RETURNS bytea
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT string_agg(sha256(int8send(k * 100000 + g)), ''::bytea ORDER BY g)
+          FROM generate_series(1, n) g $$;
+"""
+
+UNICODE = "Ünïcödé 日本語 🚀"
+
+_USERS = """
+INSERT INTO public.users (id, username, name, email, created_at, preferences)
+SELECT u, 'user' || u,
+       CASE WHEN mod(u, 7) = 0 THEN %(uni)s::text || ' ' || u ELSE 'User ' || u END,
+       'user' || u || '@example.com',
+       pg_temp.om_ts(u, %(s)s),
+       jsonb_build_object(
+           'theme', (ARRAY['light', 'dark', 'solarized'])[1 + mod(pg_temp.om_h(u, %(s)s + 1), 3)],
+           'time_zone', (ARRAY['UTC', 'Europe/Berlin', 'Asia/Tokyo'])[1 + mod(u, 3)],
+           'tab_width', 2 + mod(u, 3) * 2,
+           'beta', mod(u, 5) = 0)
+FROM generate_series(1, %(n)s) u
+"""
+
+_LFS_OBJECTS = """
+INSERT INTO public.lfs_objects (id, oid, size)
+SELECT l, encode(sha256(int8send(%(s)s * 1000003 + l)), 'hex'),
+       1024 + mod(pg_temp.om_h(l, %(s)s), 50000000)
+FROM generate_series(1, %(n)s) l
+"""
+
+_ORGANIZATION = """
+INSERT INTO public.organizations (id, name, path, created_at)
+VALUES (%(org)s,
+        CASE WHEN %(org)s = 2 THEN 'Organisation ' || %(uni)s::text
+             ELSE 'Organization ' || %(org)s END,
+        'org-' || %(org)s,
+        pg_temp.om_ts(%(org)s, %(s)s))
+"""
+
+# Groups j in [0, G) are top-level, subgroups j in [G, G+S) hang below an earlier group, user
+# namespaces j in [G+S, G+S+U) belong to users org, org+orgs, org+2*orgs, ...
+_NAMESPACES = """
+WITH RECURSIVE idx AS (
+    SELECT j, CASE WHEN j < %(g)s THEN NULL
+                   WHEN %(deep)s AND mod(pg_temp.om_h(j, %(s)s), 4) <> 0 THEN j - 1
+                   ELSE mod(pg_temp.om_h(j, %(s)s), j) END AS parent_j
+    FROM generate_series(0, %(g)s + %(sg)s - 1) j
+), tree AS (
+    SELECT j, parent_j, ARRAY[%(lo)s + j] AS trav FROM idx WHERE parent_j IS NULL
+    UNION ALL
+    SELECT c.j, c.parent_j, t.trav || (%(lo)s + c.j) FROM idx c JOIN tree t ON c.parent_j = t.j
+)
+INSERT INTO public.namespaces
+    (id, organization_id, parent_id, type, name, path, traversal_ids, owner_id, description,
+     created_at)
+SELECT %(lo)s + j, %(org)s, %(lo)s + parent_j, 'Group',
+       CASE WHEN parent_j IS NULL THEN 'Group ' || j ELSE 'Subgroup ' || j END
+           || CASE WHEN mod(j, 5) = 2 THEN ' ' || %(uni)s::text ELSE '' END,
+       CASE WHEN parent_j IS NULL THEN 'org' || %(org)s || '-group-' || j
+            ELSE 'sub-' || j END,
+       trav,
+       1 + mod(pg_temp.om_h(j, %(s)s + 1), %(users)s),
+       CASE mod(pg_temp.om_h(j, %(s)s + 2), 4)
+           WHEN 0 THEN NULL
+           WHEN 1 THEN %(uni)s::text || ' group ' || j
+           ELSE 'Group ' || j || ' of organization ' || %(org)s END,
+       pg_temp.om_ts(j, %(s)s + 3)
+FROM tree
+UNION ALL
+SELECT %(lo)s + j, %(org)s, NULL, 'User', u.name, u.username, ARRAY[%(lo)s + j], u.id, NULL,
+       u.created_at
+FROM generate_series(%(g)s + %(sg)s, %(g)s + %(sg)s + %(un)s - 1) j
+JOIN public.users u ON u.id = %(org)s + (j - %(g)s - %(sg)s) * %(orgs)s
+"""
+
+_NAMESPACE_ROUTES = """
+WITH RECURSIVE r AS (
+    SELECT id, path AS full_path, name AS full_name FROM public.namespaces
+    WHERE organization_id = %(org)s AND parent_id IS NULL
+    UNION ALL
+    SELECT n.id, r.full_path || '/' || n.path, r.full_name || ' / ' || n.name
+    FROM public.namespaces n JOIN r ON n.parent_id = r.id
+)
+INSERT INTO public.routes (id, source_type, source_id, path, name)
+SELECT %(lo)s + row_number() OVER (ORDER BY id) - 1, 'Namespace', id, full_path, full_name FROM r
+"""
+
+# Projects j in [0, P) sit in namespaces (skewed to the first ones); j = P is the organization's
+# fork of another organization's project when %(upstream)s is not NULL.
+_PROJECTS = """
+INSERT INTO public.projects
+    (id, namespace_id, creator_id, name, path, description, visibility_level, star_count,
+     settings, topics, archived, forked_from_project_id, created_at, last_activity_at)
+SELECT %(lo)s + j,
+       %(ns_lo)s + CASE WHEN j < %(p)s
+                        THEN floor(%(ns)s * power(pg_temp.om_u(j, %(s)s), 2))::bigint ELSE 0 END,
+       1 + mod(pg_temp.om_h(j, %(s)s + 1), %(users)s),
+       CASE WHEN j = %(p)s THEN 'Fork of upstream' ELSE 'Project ' || j END,
+       CASE WHEN j = %(p)s THEN 'upstream-fork'
+            WHEN mod(j, 5) = 1 THEN 'Project-' || j ELSE 'project-' || j END,
+       CASE WHEN mod(j, 97) = 0 THEN pg_temp.om_text(%(org)s * 1000000 + j, 300)
+            WHEN mod(pg_temp.om_h(j, %(s)s + 2), 10) = 0 THEN NULL
+            WHEN mod(pg_temp.om_h(j, %(s)s + 2), 10) = 1 THEN %(uni)s::text || ' project ' || j
+            ELSE 'Project ' || j || ' of organization ' || %(org)s END,
+       (ARRAY[0, 10, 20])[1 + mod(pg_temp.om_h(j, %(s)s + 3), 3)],
+       mod(pg_temp.om_h(j, %(s)s + 4), 500),
+       CASE WHEN mod(j, 9) = 4 THEN NULL
+            ELSE jsonb_build_object(
+                'merge_method', (ARRAY['merge', 'rebase_merge', 'ff'])[1 + mod(j, 3)],
+                'ci', jsonb_build_object('timeout', 3600 + mod(j, 7) * 60,
+                                         'auto_cancel', mod(j, 2) = 0),
+                'description', %(uni)s::text) END,
+       CASE WHEN mod(j, 3) = 0 THEN '{}'::text[]
+            ELSE ARRAY['topic-' || mod(j, 5), 'ruby', %(uni)s::text] END,
+       mod(j, 11) = 10,
+       CASE WHEN j = %(p)s THEN %(upstream)s
+            WHEN j > 0 AND mod(j, 7) = 3 THEN %(lo)s + mod(pg_temp.om_h(j, %(s)s + 5), j) END,
+       pg_temp.om_ts(j, %(s)s + 6),
+       CASE WHEN mod(j, 13) = 5 THEN NULL
+            ELSE pg_temp.om_ts(j, %(s)s + 7) + interval '400 days' END
+FROM generate_series(0, %(n)s - 1) j
+"""
+
+_PROJECT_ROUTES = """
+INSERT INTO public.routes (id, source_type, source_id, path, name)
+SELECT %(lo)s + row_number() OVER (ORDER BY p.id) - 1, 'Project', p.id,
+       r.path || '/' || p.path, r.name || ' / ' || p.name
+FROM public.projects p
+JOIN public.routes r ON r.source_id = p.namespace_id AND r.source_type = 'Namespace'
+WHERE p.id >= %(p_lo)s AND p.id < %(p_lo)s + %(pt)s
+"""
+
+_PROJECT_STATISTICS = """
+INSERT INTO public.project_statistics (project_id, repository_size, commit_count, updated_at)
+SELECT p, mod(pg_temp.om_h(p - %(p_lo)s, %(s)s), 10000000000),
+       mod(pg_temp.om_h(p - %(p_lo)s, %(s)s + 1), 50000),
+       pg_temp.om_ts(p - %(p_lo)s, %(s)s + 2)
+FROM generate_series(%(p_lo)s, %(p_lo)s + %(pt)s - 1) p
+ORDER BY p
+"""
+
+# Project labels k in [0, NL) belong to project mod(k, P); group labels follow.
+_LABELS = """
+INSERT INTO public.labels (id, project_id, group_id, title, color)
+SELECT %(lo)s + k,
+       CASE WHEN k < %(nl)s THEN %(p_lo)s + mod(k, %(p)s) END,
+       CASE WHEN k >= %(nl)s THEN %(ns_lo)s + mod(k - %(nl)s, %(groups)s) END,
+       CASE WHEN mod(k, 10) = 3 THEN %(uni)s::text || ' ' || k
+            ELSE (ARRAY['bug', 'feature', 'backend', 'frontend', 'P1', 'security'])[1 + mod(k, 6)]
+                 || '-' || k END,
+       '#' || lpad(to_hex(mod(pg_temp.om_h(k, %(s)s), 16777216)), 6, '0')
+FROM generate_series(0, %(n)s - 1) k
+"""
+
+_MEMBERS = """
+INSERT INTO public.members (id, source_type, source_id, user_id, access_level, created_at)
+SELECT %(lo)s + k,
+       CASE WHEN mod(k, 2) = 0 THEN 'Namespace' ELSE 'Project' END,
+       CASE WHEN mod(k, 2) = 0 THEN %(ns_lo)s + mod(k / 2, %(groups)s)
+            ELSE %(p_lo)s + mod(k / 2, %(p)s) END,
+       1 + mod(pg_temp.om_h(k, %(s)s), %(users)s),
+       (ARRAY[10, 20, 30, 40, 50])[1 + mod(pg_temp.om_h(k, %(s)s + 1), 5)],
+       pg_temp.om_ts(k, %(s)s + 2)
+FROM generate_series(0, %(n)s - 1) k
+"""
+
+_PROJECT_AUTHORIZATIONS = """
+INSERT INTO public.project_authorizations (user_id, project_id, access_level)
+SELECT 1 + mod((k / %(per)s) * 37 + mod(k, %(per)s) + %(org)s, %(users)s),
+       %(p_lo)s + k / %(per)s,
+       (ARRAY[10, 20, 30, 40, 50])[1 + mod(pg_temp.om_h(k, %(s)s), 5)]
+FROM generate_series(0, %(n)s - 1) k
+"""
+
+# The project of issue k is floor(P * u(k)^2): skewed, and recomputable by notes and label links.
+_ISSUES = """
+INSERT INTO public.issues
+    (id, project_id, author_id, iid, title, description, state, weight, due_date, time_estimate,
+     created_at)
+SELECT %(lo)s + k, %(p_lo)s + pidx,
+       1 + mod(pg_temp.om_h(k, %(s)s + 1), %(users)s),
+       row_number() OVER (PARTITION BY pidx ORDER BY k),
+       CASE WHEN mod(k, 13) = 0 THEN %(uni)s::text || ' issue ' || k
+            ELSE 'Issue ' || k || ': fix the '
+                 || (ARRAY['build', 'login', 'search', 'pipeline', 'docs'])[1 + mod(k, 5)] END,
+       CASE WHEN mod(k, 1999) = 7 THEN pg_temp.om_text(%(org)s * 1000000 + k, 280)
+            WHEN mod(pg_temp.om_h(k, %(s)s + 2), 5) = 0 THEN NULL
+            ELSE 'Steps to reproduce issue ' || k || E'.\\nExpected: it works.' END,
+       (1 + mod(pg_temp.om_h(k, %(s)s + 3), 2))::smallint,
+       CASE WHEN mod(pg_temp.om_h(k, %(s)s + 4), 3) = 0 THEN NULL
+            ELSE pg_temp.om_u(k, %(s)s + 5) * 8 END,
+       CASE WHEN mod(k, 4) = 0 THEN NULL
+            ELSE date '2020-01-01' + mod(pg_temp.om_h(k, %(s)s + 6), 1500)::integer END,
+       CASE WHEN mod(k, 3) = 0 THEN NULL
+            ELSE mod(pg_temp.om_h(k, %(s)s + 7), 144000) * interval '1 second' END,
+       pg_temp.om_ts(k, %(s)s + 8)
+FROM (SELECT k, floor(%(p)s * power(pg_temp.om_u(k, %(s)s), 2))::bigint AS pidx
+      FROM generate_series(0, %(n)s - 1) k) x
+"""
+
+_MERGE_REQUESTS = """
+INSERT INTO public.merge_requests
+    (id, target_project_id, source_project_id, author_id, iid, title, state, merge_status,
+     created_at)
+SELECT %(lo)s + k, %(p_lo)s + pidx, %(p_lo)s + pidx,
+       1 + mod(pg_temp.om_h(k, %(s)s + 1), %(users)s),
+       row_number() OVER (PARTITION BY pidx ORDER BY k),
+       CASE WHEN mod(k, 11) = 0 THEN %(uni)s::text || ' MR ' || k ELSE 'Merge request ' || k END,
+       (ARRAY['opened', 'merged', 'closed', 'merged'])[1 + mod(pg_temp.om_h(k, %(s)s + 2), 4)],
+       (ARRAY['can_be_merged', 'cannot_be_merged', 'unchecked'])
+           [1 + mod(pg_temp.om_h(k, %(s)s + 3), 3)],
+       pg_temp.om_ts(k, %(s)s + 4)
+FROM (SELECT k, floor(%(p)s * power(pg_temp.om_u(k, %(s)s), 2))::bigint AS pidx
+      FROM generate_series(0, %(n)s - 1) k) x
+"""
+
+# Merge requests of the upstream organization whose source project is this organization's fork.
+_CROSS_ORG_MERGE_REQUESTS = """
+INSERT INTO public.merge_requests
+    (id, target_project_id, source_project_id, author_id, iid, title, state, merge_status,
+     created_at)
+SELECT %(lo)s + k, %(upstream)s, %(fork)s,
+       1 + mod(pg_temp.om_h(k, %(s)s), %(users)s),
+       (SELECT coalesce(max(iid), 0) FROM public.merge_requests
+        WHERE target_project_id = %(upstream)s) + 1 + k,
+       'Contribution from organization ' || %(org)s || ' #' || k,
+       (ARRAY['opened', 'merged'])[1 + mod(k, 2)], 'can_be_merged',
+       pg_temp.om_ts(k, %(s)s + 1)
+FROM generate_series(0, %(n)s - 1) k
+"""
+
+_NOTES = """
+INSERT INTO public.notes
+    (id, noteable_type, noteable_id, project_id, author_id, note, position, created_at)
+SELECT %(lo)s + k,
+       CASE WHEN is_issue THEN 'Issue' ELSE 'MergeRequest' END,
+       CASE WHEN is_issue THEN %(i_lo)s + j ELSE %(m_lo)s + j END,
+       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(j, CASE WHEN is_issue THEN %(s_issue)s
+                                                         ELSE %(s_mr)s END), 2))::bigint,
+       1 + mod(pg_temp.om_h(k, %(s)s + 2), %(users)s),
+       CASE WHEN mod(k, 4999) = 11 THEN pg_temp.om_text(%(org)s * 1000000 + k, 260)
+            WHEN mod(k, 17) = 0 THEN %(uni)s::text || ' note ' || k
+            WHEN mod(k, 101) = 50 THEN NULL
+            ELSE 'Looks good to me, see comment ' || k END,
+       CASE WHEN NOT is_issue AND mod(k, 3) <> 0
+            THEN jsonb_build_object('old_path', 'app/models/project_' || mod(k, 50) || '.rb',
+                                    'new_line', mod(pg_temp.om_h(k, %(s)s + 3), 900),
+                                    'old_line', NULL, 'position_type', 'text') END,
+       pg_temp.om_ts(k, %(s)s + 4)
+FROM (SELECT k, is_issue,
+             mod(pg_temp.om_h(k, %(s)s + 1),
+                 CASE WHEN is_issue THEN %(i)s ELSE %(m)s END) AS j
+      FROM (SELECT k, mod(pg_temp.om_h(k, %(s)s), 10) < 7 AS is_issue
+            FROM generate_series(0, %(n)s - 1) k) a) x
+"""
+
+_LABEL_LINKS = """
+INSERT INTO public.label_links (id, label_id, target_type, target_id, created_at)
+SELECT %(lo)s + k,
+       %(l_lo)s + floor(%(p)s * power(pg_temp.om_u(j, CASE WHEN is_issue THEN %(s_issue)s
+                                                        ELSE %(s_mr)s END), 2))::bigint
+           + %(p)s * mod(pg_temp.om_h(k, %(s)s + 2), %(nl)s / %(p)s),
+       CASE WHEN is_issue THEN 'Issue' ELSE 'MergeRequest' END,
+       CASE WHEN is_issue THEN %(i_lo)s + j ELSE %(m_lo)s + j END,
+       pg_temp.om_ts(k, %(s)s + 3)
+FROM (SELECT k, is_issue,
+             mod(pg_temp.om_h(k, %(s)s + 1),
+                 CASE WHEN is_issue THEN %(i)s ELSE %(m)s END) AS j
+      FROM (SELECT k, mod(pg_temp.om_h(k, %(s)s), 10) < 7 AS is_issue
+            FROM generate_series(0, %(n)s - 1) k) a) x
+"""
+
+_CI_PIPELINES = """
+INSERT INTO public.ci_pipelines (id, project_id, ref, sha, status, duration_s, created_at)
+SELECT %(lo)s + k,
+       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(k, %(s)s), 2))::bigint,
+       (ARRAY['main', 'master', 'feature/login', 'release/16.0', 'ünïcödé-branch'])
+           [1 + mod(k, 5)],
+       substring(sha256(int8send(%(org)s * 100000000 + k)) FROM 1 FOR 20),
+       st,
+       CASE WHEN st IN ('running', 'created') THEN NULL
+            ELSE pg_temp.om_u(k, %(s)s + 2) * 3600 END,
+       pg_temp.om_ts(k, %(s)s + 3)
+FROM (SELECT k, (ARRAY['success', 'failed', 'running', 'canceled', 'success', 'created'])
+                    [1 + mod(pg_temp.om_h(k, %(s)s + 1), 6)] AS st
+      FROM generate_series(0, %(n)s - 1) k) x
+"""
+
+# Build k runs in pipeline mod(k, NP); the first half of the pipelines is in partition 100.
+_CI_BUILDS = """
+INSERT INTO public.p_ci_builds
+    (id, partition_id, commit_id, project_id, name, status, stage_idx, options, created_at)
+SELECT %(lo)s + k,
+       CASE WHEN mod(k, %(np)s) < %(np)s / 2 THEN 100 ELSE 101 END,
+       %(pipe_lo)s + mod(k, %(np)s),
+       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(mod(k, %(np)s), %(s_pipe)s), 2))::bigint,
+       (ARRAY['rspec', 'rubocop', 'build', 'deploy', 'jest'])[1 + mod(k, 5)] || ' '
+           || (1 + k / %(np)s),
+       (ARRAY['success', 'failed', 'skipped', 'success'])[1 + mod(pg_temp.om_h(k, %(s)s), 4)],
+       mod(k / %(np)s, 4),
+       jsonb_build_object('script', jsonb_build_array('bundle install', 'bundle exec rspec'),
+                          'retry', mod(k, 3), 'timeout', 3600),
+       pg_temp.om_ts(k, %(s)s + 1)
+FROM generate_series(0, %(n)s - 1) k
+"""
+
+_CI_JOB_ARTIFACTS = """
+INSERT INTO public.ci_job_artifacts
+    (id, project_id, job_id, partition_id, file_type, file, size, created_at)
+SELECT %(lo)s + k,
+       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(mod(b, %(np)s), %(s_pipe)s), 2))::bigint,
+       %(b_lo)s + b,
+       CASE WHEN mod(b, %(np)s) < %(np)s / 2 THEN 100 ELSE 101 END,
+       1 + mod(k, 3), file, coalesce(length(file), 0), pg_temp.om_ts(k, %(s)s + 1)
+FROM (SELECT k, b,
+             CASE WHEN mod(k, 50) = 0 THEN pg_temp.om_bytes(%(org)s * 10000000 + k, 300)
+                  WHEN mod(k, 7) = 3 THEN NULL
+                  ELSE pg_temp.om_bytes(%(org)s * 10000000 + k,
+                                        1 + mod(pg_temp.om_h(k, %(s)s), 8)::integer) END AS file
+      FROM (SELECT k, (k * %(nb)s) / %(n)s AS b FROM generate_series(0, %(n)s - 1) k) a) x
+"""
+
+_LFS_OBJECTS_PROJECTS = """
+INSERT INTO public.lfs_objects_projects (id, lfs_object_id, project_id)
+SELECT %(lo)s + k, 1 + mod(pg_temp.om_h(k, %(s)s), %(lfs)s),
+       %(p_lo)s + mod(pg_temp.om_h(k, %(s)s + 1), %(p)s)
+FROM generate_series(0, %(n)s - 1) k
+"""
+
+# Row k with mod(k, 10) = 1 repeats row k - 1 exactly: duplicates in a table without a key.
+_WEB_HOOK_LOGS = """
+INSERT INTO public.web_hook_logs_archive (project_id, url, response_status, payload, created_at)
+SELECT %(p_lo)s + mod(pg_temp.om_h(kk, %(s)s), %(p)s),
+       'https://hooks.example.com/' || mod(kk, 7) || '/push',
+       (ARRAY[200, 200, 500, 404, NULL])[1 + mod(pg_temp.om_h(kk, %(s)s + 1), 5)],
+       jsonb_build_object('object_kind', 'push', 'ref', 'refs/heads/main', 'n', kk,
+                          'message', %(uni)s::text),
+       pg_temp.om_ts(kk, %(s)s + 2)
+FROM (SELECT CASE WHEN mod(k, 10) = 1 THEN k - 1 ELSE k END AS kk
+      FROM generate_series(0, %(n)s - 1) k) x
+ORDER BY kk
+"""
+
+_TABLE_CODES = {name: 10 * (i + 1) for i, name in enumerate(ALL_TABLES)}
+
+
+def _salt(seed: int, org: int, table: str) -> int:
+    return seed * 1_000_003 + org * 10_007 + _TABLE_CODES[table]
+
+
+@dataclass
+class _OrgIds:
+    ns_lo: int = 0
+    p_lo: int = 0
+    i_lo: int = 0
+    m_lo: int = 0
+    l_lo: int = 0
+    pipe_lo: int = 0
+    b_lo: int = 0
+    fork_id: int | None = None
+
+
+@dataclass
+class _CellResult:
+    tables: dict[str, int] = field(default_factory=dict)
+    orgs: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+class _Writer:
+    """Writes one cell's rows inside one open transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Any], seed: int, scale: Scale, orgs: int) -> None:
+        self.conn = conn
+        self.seed = seed
+        self.scale = scale
+        self.orgs = orgs
+        self.result = _CellResult()
+        self.ids: dict[int, _OrgIds] = {}
+
+    def _run(self, query: str, owner: int | None, table: str, **params: Any) -> int:
+        values: dict[str, Any] = {"uni": UNICODE}
+        for key, value in params.items():
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            values[key] = Int8(value) if is_int else value
+        cur = self.conn.execute(query.encode(), values)
+        rows = max(cur.rowcount, 0)
+        self.result.tables[table] = self.result.tables.get(table, 0) + rows
+        if owner is not None:
+            per = self.result.orgs.setdefault(owner, {})
+            per[table] = per.get(table, 0) + rows
+        return rows
+
+    def _reserve(self, table: str, n: int) -> int:
+        """Allocate ``n`` consecutive ids from the table's sequence; returns the first."""
+        row = self.conn.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [f"public.{table}"]
+        ).fetchone()
+        assert row is not None
+        lo = int(row[0])
+        if n > 1:
+            self.conn.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
+                [f"public.{table}", Int8(lo + n - 1)],
+            )
+        return lo
+
+    def prepare(self) -> None:
+        self.conn.execute(_HELPERS.encode())
+
+    def cluster_wide(self) -> None:
+        s = self.seed
+        self._run(_USERS, None, "users", n=self.scale.users, s=_salt(s, 0, "users"))
+        self._run(_LFS_OBJECTS, None, "lfs_objects", n=self.scale.lfs_objects,
+                  s=_salt(s, 0, "lfs_objects"))
+
+    def organization(self, org: int, upstream: _OrgIds | None) -> None:
+        c = org_counts(org, self.scale.name, self.orgs).counts
+        seed, users = self.seed, self.scale.users
+        ids = _OrgIds()
+        self.ids[org] = ids
+
+        def salt(table: str) -> int:
+            return _salt(seed, org, table)
+
+        def run(query: str, table: str, n: int, **params: Any) -> None:
+            if n <= 0:
+                return
+            lo = self._reserve(table, n) if table not in _NO_SEQUENCE else 0
+            self._run(query, org, table, lo=lo, n=n, org=org, s=salt(table), users=users,
+                      **params)
+            first[table] = lo
+
+        first: dict[str, int] = {}
+        self._run(_ORGANIZATION, org, "organizations", org=org, s=salt("organizations"))
+
+        g, sg, un = c["groups"], c["subgroups"], c["user_namespaces"]
+        ns = g + sg + un
+        run(_NAMESPACES, "namespaces", ns, g=g, sg=sg, un=un, orgs=self.orgs,
+            deep=org_shape(org).deep_groups)
+        ids.ns_lo = first["namespaces"]
+        run(_NAMESPACE_ROUTES, "routes", ns)
+
+        p = c["projects"]
+        pt = p + (1 if upstream is not None else 0)
+        run(_PROJECTS, "projects", pt, p=p, ns=ns, ns_lo=ids.ns_lo,
+            upstream=upstream.p_lo if upstream else None)
+        ids.p_lo = first["projects"]
+        if upstream is not None:
+            ids.fork_id = ids.p_lo + p
+        common = {"p": p, "p_lo": ids.p_lo, "ns_lo": ids.ns_lo, "groups": g + sg}
+        run(_PROJECT_ROUTES, "routes", pt, pt=pt, p_lo=ids.p_lo)
+        run(_PROJECT_STATISTICS, "project_statistics", pt, pt=pt, p_lo=ids.p_lo)
+
+        nl = c["project_labels"]
+        run(_LABELS, "labels", nl + c["group_labels"], nl=nl, **common)
+        ids.l_lo = first["labels"]
+        run(_MEMBERS, "members", c["members"], **common)
+        per = c["project_authorizations"] // p
+        run(_PROJECT_AUTHORIZATIONS, "project_authorizations", per * p, per=per, **common)
+
+        n_i, n_m = c["issues"], c["merge_requests"]
+        run(_ISSUES, "issues", n_i, **common)
+        ids.i_lo = first["issues"]
+        run(_MERGE_REQUESTS, "merge_requests", n_m, **common)
+        ids.m_lo = first["merge_requests"]
+        work = dict(common, i=n_i, m=n_m, i_lo=ids.i_lo, m_lo=ids.m_lo,
+                    s_issue=salt("issues"), s_mr=salt("merge_requests"))
+        run(_NOTES, "notes", c["notes"], **work)
+        run(_LABEL_LINKS, "label_links", c["label_links"], nl=nl, l_lo=ids.l_lo, **work)
+
+        n_pipe = c["ci_pipelines"]
+        run(_CI_PIPELINES, "ci_pipelines", n_pipe, **common)
+        ids.pipe_lo = first["ci_pipelines"]
+        ci = dict(common, np=n_pipe, pipe_lo=ids.pipe_lo, s_pipe=salt("ci_pipelines"))
+        run(_CI_BUILDS, "p_ci_builds", c["p_ci_builds"], **ci)
+        ids.b_lo = first["p_ci_builds"]
+        run(_CI_JOB_ARTIFACTS, "ci_job_artifacts", c["ci_job_artifacts"], nb=c["p_ci_builds"],
+            b_lo=ids.b_lo, **ci)
+        run(_LFS_OBJECTS_PROJECTS, "lfs_objects_projects", c["lfs_objects_projects"],
+            lfs=self.scale.lfs_objects, **common)
+        run(_WEB_HOOK_LOGS, "web_hook_logs_archive", c["web_hook_logs_archive"], **common)
+
+        if upstream is not None and ids.fork_id is not None:
+            # These merge requests belong to the upstream organization (their target project).
+            n = c["cross_org_merge_requests"]
+            lo = self._reserve("merge_requests", n)
+            self._run(_CROSS_ORG_MERGE_REQUESTS, 1, "merge_requests", lo=lo, n=n, org=org,
+                      s=salt("merge_requests") + 100, users=users, upstream=upstream.p_lo,
+                      fork=ids.fork_id)
+
+
+_NO_SEQUENCE = {"project_statistics", "project_authorizations", "web_hook_logs_archive",
+                "organizations"}
+
+
+def _seed_cell(
+    conn: psycopg.Connection[Any], cell: str, org_ids: list[int], seed: int, scale: Scale,
+    orgs: int,
+) -> _CellResult:
+    writer = _Writer(conn, seed, scale, orgs)
+    try:
+        writer.prepare()
+        writer.cluster_wide()
+        for org in org_ids:
+            # Every other organization of org 1's cell forks one of org 1's projects.
+            upstream = writer.ids.get(1) if org != 1 and org >= 3 else None
+            writer.organization(org, upstream)
+    except psycopg.Error as exc:
+        raise translate(exc, cell=cell, what="seed fixture data") from exc
+    return writer.result
+
+
+def seed(
+    cell_dsns: Mapping[str, str], *, orgs: int = 3, scale: str = "small", seed: int = 42,
+    analyze: bool = True,
+) -> SeedReport:
+    """Seed fixture data: cluster-wide rows into every cell, each organization into its home cell.
+
+    Refuses (``PreflightFailed``) when a cell already holds organizations or users. All cells are
+    written in parallel and committed together once every cell succeeded.
+    """
+    sc = _scale(scale)
+    if orgs < 1:
+        raise BadInput(f"--orgs {orgs} is not positive", fix="seed at least one organization")
+    if not cell_dsns:
+        raise BadInput("no cells to seed", fix="configure at least one cell")
+    names = sorted(cell_dsns, key=lambda n: (cell_number(n), n))
+    homes = {org: org_home(org, names) for org in range(1, orgs + 1)}
+    started = time.perf_counter()
+
+    for name in names:
+        install_schema(cell_dsns[name], cell_number(name), cell=name)
+
+    conns: dict[str, psycopg.Connection[Any]] = {}
+    try:
+        for name in names:
+            conn = connect(cell_dsns[name], cell=name, application_name=APP, lock_timeout_s=30)
+            conns[name] = conn
+            try:
+                conn.execute(
+                    "LOCK TABLE public.organizations, public.users IN SHARE ROW EXCLUSIVE MODE"
+                )
+                row = conn.execute(
+                    "SELECT (SELECT count(*) FROM public.organizations),"
+                    " (SELECT count(*) FROM public.users)"
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise translate(exc, cell=name, what="check the cell is empty") from exc
+            if row and (row[0] or row[1]):
+                raise PreflightFailed(
+                    f"cell {name!r} is already seeded ({row[0]} organizations, {row[1]} users)",
+                    fix="seed into fresh databases: recreate the sandbox (`orgmove sandbox down`"
+                    " then `orgmove sandbox up`) or drop and recreate the cell's database",
+                )
+        with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="seed") as pool:
+            futures = {
+                name: pool.submit(
+                    _seed_cell, conns[name], name,
+                    [o for o in range(1, orgs + 1) if homes[o] == name], seed, sc, orgs,
+                )
+                for name in names
+            }
+            results = {name: fut.result() for name, fut in futures.items()}
+        for name in names:
+            try:
+                conns[name].commit()
+            except psycopg.Error as exc:
+                raise translate(exc, cell=name, what="commit the seed") from exc
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+    if analyze:
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            list(pool.map(lambda n: _analyze(cell_dsns[n], n), names))
+
+    seconds = time.perf_counter() - started
+    org_reports = []
+    for org in range(1, orgs + 1):
+        tables = dict(sorted(results[homes[org]].orgs.get(org, {}).items()))
+        org_reports.append(OrgSeed(id=org, cell=homes[org], rows=sum(tables.values()),
+                                   tables=tables))
+    rows = {name: dict(sorted(results[name].tables.items())) for name in names}
+    total = sum(sum(t.values()) for t in rows.values())
+    return SeedReport(
+        scale=scale, seed=seed, orgs=org_reports, rows=rows, total_rows=total,
+        seconds=round(seconds, 3), rows_per_s=round(total / seconds, 1) if seconds > 0 else 0.0,
+    )
+
+
+def _analyze(dsn: str, cell: str) -> None:
+    try:
+        with connect(dsn, cell=cell, application_name=APP, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ANALYZE {}").format(
+                    sql.SQL(", ").join(sql.Identifier("public", t) for t in ALL_TABLES)
+                )
+            )
+    except psycopg.Error as exc:
+        raise translate(exc, cell=cell, what="analyze the fixture tables") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# Independent per-organization row counts (hand-written; tests compare them with the planner)
+
+# The organization's namespaces and projects are gathered first into temporary tables.
+_ORG_SCOPE = """
+CREATE TEMPORARY TABLE om_org_namespaces ON COMMIT DROP AS
+    SELECT id FROM public.namespaces WHERE organization_id = %(org)s;
+CREATE TEMPORARY TABLE om_org_projects ON COMMIT DROP AS
+    SELECT p.id FROM public.projects p JOIN om_org_namespaces n ON n.id = p.namespace_id;
+"""
+
+ORG_COUNT_QUERIES: dict[str, str] = {
+    "organizations": """
+    SELECT count(*) FROM public.organizations WHERE id = %(org)s
+    """,
+    "namespaces": """
+    SELECT count(*) FROM om_org_namespaces
+    """,
+    "routes": """
+    SELECT count(*) FROM public.routes r
+    WHERE (r.source_type = 'Namespace' AND r.source_id IN (SELECT id FROM om_org_namespaces))
+       OR (r.source_type = 'Project' AND r.source_id IN (SELECT id FROM om_org_projects))
+    """,
+    "projects": """
+    SELECT count(*) FROM om_org_projects
+    """,
+    "project_statistics": """
+    SELECT count(*) FROM public.project_statistics WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "labels": """
+    SELECT count(*) FROM public.labels
+    WHERE project_id IN (SELECT id FROM om_org_projects) OR group_id IN (SELECT id FROM om_org_namespaces)
+    """,
+    "members": """
+    SELECT count(*) FROM public.members m
+    WHERE (m.source_type = 'Namespace' AND m.source_id IN (SELECT id FROM om_org_namespaces))
+       OR (m.source_type = 'Project' AND m.source_id IN (SELECT id FROM om_org_projects))
+    """,
+    "project_authorizations": """
+    SELECT count(*) FROM public.project_authorizations WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "issues": """
+    SELECT count(*) FROM public.issues WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "merge_requests": """
+    SELECT count(*) FROM public.merge_requests WHERE target_project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "notes": """
+    SELECT count(*) FROM public.notes WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "label_links": """
+    SELECT count(*) FROM public.label_links ll JOIN public.labels l ON l.id = ll.label_id
+    WHERE l.project_id IN (SELECT id FROM om_org_projects) OR l.group_id IN (SELECT id FROM om_org_namespaces)
+    """,
+    "ci_pipelines": """
+    SELECT count(*) FROM public.ci_pipelines WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "p_ci_builds": """
+    SELECT count(*) FROM public.p_ci_builds WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "ci_job_artifacts": """
+    SELECT count(*) FROM public.ci_job_artifacts WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "lfs_objects_projects": """
+    SELECT count(*) FROM public.lfs_objects_projects WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+    "web_hook_logs_archive": """
+    SELECT count(*) FROM public.web_hook_logs_archive WHERE project_id IN (SELECT id FROM om_org_projects)
+    """,
+}
+
+
+def org_row_counts(dsn: str, org_id: int, *, cell: str = "cell") -> dict[str, int]:
+    """Rows per org-scoped table that belong to ``org_id`` (``p_ci_builds`` counted through the
+    partitioned parent, not per partition). Read-only: the transaction is rolled back."""
+    counts: dict[str, int] = {}
+    params = {"org": Int8(org_id)}
+    try:
+        with connect(dsn, cell=cell, application_name=APP) as conn:
+            with conn.cursor() as cur:
+                # One statement at a time: parameters need the extended protocol.
+                for statement in _ORG_SCOPE.split(";"):
+                    if statement.strip():
+                        cur.execute(statement.encode(), params)
+                for table, query in ORG_COUNT_QUERIES.items():
+                    row = cur.execute(query.encode(), params).fetchone()
+                    counts[table] = int(row[0]) if row else 0
+            conn.rollback()
+    except psycopg.Error as exc:
+        raise translate(exc, cell=cell, dsn=dsn, what="count the organization's rows") from exc
+    return counts
+
+
+__all__ = [
+    "ALL_TABLES",
+    "CELL_LOCAL_TABLES",
+    "CLUSTER_WIDE_TABLES",
+    "ORG_TABLES",
+    "SCALES",
+    "OrgSeed",
+    "SeedReport",
+    "cell_number",
+    "install_schema",
+    "org_counts",
+    "org_home",
+    "org_row_counts",
+    "seed",
+]

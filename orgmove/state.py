@@ -1,0 +1,231 @@
+"""Move state in the ``orgmove`` schema of the target Cell (moves, chunks, chunk log, verify
+results, events), and the write-fence schema installed on every Cell."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from orgmove.chunking import KeyRange
+from orgmove.errors import MoveStateError, StalePlan
+from orgmove.plan import Plan
+
+# Move states, in order. `copy` moves planned -> copying -> copied; cutover: copied/verified ->
+# cutover -> committed | aborted; rollback: -> rolled_back; cleanup: committed -> cleaned.
+MOVE_STATES = (
+    "planned", "copying", "copied", "verified", "cutover", "committed", "aborted", "rolled_back",
+    "cleaning", "cleaned",
+)
+ADVISORY_NAMESPACE = "orgmove.move:"
+
+
+def _sql_file(name: str) -> str:
+    return resources.files("orgmove").joinpath("sql", name).read_text(encoding="utf-8")
+
+
+def install_state_schema(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute(sql.SQL(_sql_file("state_schema.sql")))  # type: ignore[arg-type]
+
+
+def install_cell_schema(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        conn.execute(sql.SQL(_sql_file("cell_schema.sql")))  # type: ignore[arg-type]
+
+
+def state_schema_exists(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('orgmove.moves') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+@dataclass
+class ChunkRow:
+    table_name: str
+    chunk_no: int
+    range: KeyRange
+    state: str
+    generation: int
+    rows: int | None
+    bytes: int | None
+
+
+@dataclass
+class MoveRow:
+    move_key: str
+    org: str
+    from_cell: str
+    to_cell: str
+    plan_checksum: str
+    state: str
+    snapshot_consistent: bool
+    snapshots: int
+    fields: dict[str, Any]
+
+    def get(self, name: str) -> Any:
+        return self.fields.get(name)
+
+
+def get_move(conn: psycopg.Connection[Any], move_key: str) -> MoveRow | None:
+    if not state_schema_exists(conn):
+        return None
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM orgmove.moves WHERE move_key = %s", (move_key,)).fetchone()
+    if row is None:
+        return None
+    return MoveRow(
+        move_key=row["move_key"],
+        org=row["org"],
+        from_cell=row["from_cell"],
+        to_cell=row["to_cell"],
+        plan_checksum=row["plan_checksum"],
+        state=row["state"],
+        snapshot_consistent=row["snapshot_consistent"],
+        snapshots=row["snapshots"],
+        fields=dict(row),
+    )
+
+
+def moves_for_org(conn: psycopg.Connection[Any], org: str) -> list[MoveRow]:
+    if not state_schema_exists(conn):
+        return []
+    keys = [r[0] for r in conn.execute(
+        "SELECT move_key FROM orgmove.moves WHERE org = %s ORDER BY created_at", (org,)
+    ).fetchall()]
+    return [m for k in keys if (m := get_move(conn, k)) is not None]
+
+
+def ensure_move(conn: psycopg.Connection[Any], plan: Plan) -> MoveRow:
+    """Create the move's row, or check that the recorded move belongs to this plan."""
+    install_state_schema(conn)
+    existing = get_move(conn, plan.move_key)
+    if existing is not None:
+        if existing.plan_checksum != plan.checksum:
+            done = chunk_counts(conn, plan.move_key).get("done", 0)
+            if existing.state in ("committed", "cleaning", "cleaned"):
+                raise MoveStateError(
+                    f"organization {plan.org} was already moved by {plan.move_key} "
+                    f"(state {existing.state}) with another plan",
+                    fix="a move back is a new move: `orgmove plan --from "
+                    f"{plan.to_cell} --to {plan.from_cell}`",
+                )
+            if done and existing.state not in ("rolled_back", "aborted"):
+                raise StalePlan(
+                    f"move {plan.move_key} was started with another plan (checksum "
+                    f"{existing.plan_checksum[:12]}, {done} chunks copied)",
+                    fix="resume with the plan it was started with, or `orgmove rollback` that "
+                    "plan first",
+                )
+            with conn.transaction():
+                conn.execute("DELETE FROM orgmove.moves WHERE move_key = %s", (plan.move_key,))
+        elif existing.state != "rolled_back":
+            return existing
+        else:
+            with conn.transaction():
+                conn.execute("DELETE FROM orgmove.moves WHERE move_key = %s", (plan.move_key,))
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO orgmove.moves (move_key, org, from_cell, to_cell, plan_checksum) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (plan.move_key, str(plan.org), plan.from_cell, plan.to_cell, plan.checksum),
+        )
+    move = get_move(conn, plan.move_key)
+    assert move is not None
+    return move
+
+
+_UPDATABLE = {
+    "state", "snapshot_consistent", "snapshots", "copy_started_at", "copy_finished_at",
+    "verified_at", "verify_clean", "verify_seconds", "topology_move_id", "fencing_token",
+    "fenced_at", "committed_at", "freeze_window_s", "last_error",
+}
+
+
+def update_move(conn: psycopg.Connection[Any], move_key: str, **fields: Any) -> None:
+    unknown = set(fields) - _UPDATABLE
+    if unknown:
+        raise ValueError(f"not move fields: {sorted(unknown)}")
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in fields
+    )
+    query = sql.SQL("UPDATE orgmove.moves SET {}, updated_at = now() WHERE move_key = {}").format(
+        assignments, sql.Placeholder("move_key__")
+    )
+    with conn.transaction():
+        conn.execute(query, {**fields, "move_key__": move_key})
+
+
+def record_event(
+    conn: psycopg.Connection[Any], move_key: str, kind: str, message: str, **details: Any
+) -> None:
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO orgmove.events (move_key, kind, message, details) VALUES (%s, %s, %s, %s)",
+            (move_key, kind, message, json.dumps(details, default=str)),
+        )
+
+
+def load_chunks(conn: psycopg.Connection[Any], move_key: str) -> list[ChunkRow]:
+    rows = conn.execute(
+        "SELECT table_name, chunk_no, lo, hi, state, generation, rows, bytes FROM orgmove.chunks "
+        "WHERE move_key = %s ORDER BY table_name, chunk_no",
+        (move_key,),
+    ).fetchall()
+    return [
+        ChunkRow(r[0], r[1], KeyRange.from_json({"lo": r[2], "hi": r[3]}), r[4], r[5], r[6], r[7])
+        for r in rows
+    ]
+
+
+def insert_chunks(
+    conn: psycopg.Connection[Any], move_key: str, table_name: str, ranges: list[KeyRange]
+) -> None:
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO orgmove.chunks (move_key, table_name, chunk_no, lo, hi) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (
+                    move_key,
+                    table_name,
+                    i,
+                    json.dumps(r.lo) if r.lo is not None else None,
+                    json.dumps(r.hi) if r.hi is not None else None,
+                )
+                for i, r in enumerate(ranges)
+            ],
+        )
+
+
+def chunk_counts(conn: psycopg.Connection[Any], move_key: str) -> dict[str, int]:
+    if not state_schema_exists(conn):
+        return {}
+    return {
+        r[0]: r[1]
+        for r in conn.execute(
+            "SELECT state, count(*) FROM orgmove.chunks WHERE move_key = %s GROUP BY state",
+            (move_key,),
+        ).fetchall()
+    }
+
+
+def last_events(conn: psycopg.Connection[Any], move_key: str, limit: int = 5) -> list[dict[str, Any]]:
+    if not state_schema_exists(conn):
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT at, kind, message FROM orgmove.events WHERE move_key = %s "
+            "ORDER BY id DESC LIMIT %s",
+            (move_key, limit),
+        ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
