@@ -108,7 +108,7 @@ def select_chunk(step: Step, root: RootSpec, org: Any, r: KeyRange) -> sql.Compo
     )
 
 
-def boundaries_query(step: Step, root: RootSpec, org: Any, chunk_rows: int) -> sql.Composable:
+def boundaries_query(step: Step, root: RootSpec, org: Any, chunk_rows: int) -> sql.Composed:
     """Every ``chunk_rows``-th key of the org's rows, in key order, as text."""
     key_cols = sql.SQL(", ").join(sql.Identifier(c) for c in step.key)
     key_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in step.key)

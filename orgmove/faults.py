@@ -1,55 +1,66 @@
-"""Failpoints for failure-injection tests: ``ORGMOVE_FAILPOINTS="copy.before_commit=sleep(5);
-cutover.after_fence=exit"``. Unset in production, where :func:`failpoint` costs one dict lookup."""
+"""Failpoints for failure-injection tests, set through the environment:
+
+    ORGMOVE_FAILPOINTS="copy.before_commit=sleep(0.2);copy.after_commit=exit@5"
+
+``sleep(S)`` pauses, ``exit`` ends the process at once as ``kill -9`` would (no cleanup, no
+rollback sent), ``error`` raises. ``@N`` fires only on the N-th time the point is reached.
+Unset in production, where :func:`failpoint` costs one environment lookup.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import threading
 import time
+from collections import Counter
 
-_SPEC = re.compile(r"^(sleep|exit|error)(?:\(([\d.]+)\))?$")
+_SPEC = re.compile(r"^(sleep|exit|error)(?:\(([\d.]+)\))?(?:@(\d+))?$")
+_hits: Counter[str] = Counter()
+_lock = threading.Lock()
 
 
-def _actions() -> dict[str, str]:
-    raw = os.environ.get("ORGMOVE_FAILPOINTS", "")
-    result: dict[str, str] = {}
+def _action(name: str) -> tuple[str, float] | None:
+    raw = os.environ.get("ORGMOVE_FAILPOINTS")
+    if not raw:
+        return None
     for item in raw.split(";"):
-        name, _, action = item.strip().partition("=")
-        if name and action:
-            result[name.strip()] = action.strip()
-    return result
+        point, _, action = item.strip().partition("=")
+        if point.strip() != name:
+            continue
+        m = _SPEC.match(action.strip())
+        if not m:
+            return None
+        with _lock:
+            _hits[name] += 1
+            hit = _hits[name]
+        if m.group(3) and int(m.group(3)) != hit:
+            return None
+        return m.group(1), float(m.group(2) or 0)
+    return None
 
 
-def _parse(name: str) -> tuple[str, float] | None:
-    action = _actions().get(name)
-    if not action:
-        return None
-    m = _SPEC.match(action)
-    if not m:
-        return None
-    return m.group(1), float(m.group(2) or 0)
+def _act(name: str, kind: str, arg: float) -> None:
+    if kind == "exit":
+        os._exit(137)
+    if kind == "error":
+        raise RuntimeError(f"failpoint {name}")
+    time.sleep(arg)
 
 
 def failpoint(name: str) -> None:
-    parsed = _parse(name)
-    if parsed is None:
-        return
-    kind, arg = parsed
-    if kind == "sleep":
-        time.sleep(arg)
-    elif kind == "exit":
-        os._exit(137)
-    elif kind == "error":
-        raise RuntimeError(f"failpoint {name}")
+    action = _action(name)
+    if action is not None:
+        _act(name, *action)
 
 
 async def afailpoint(name: str) -> None:
-    parsed = _parse(name)
-    if parsed is None:
+    action = _action(name)
+    if action is None:
         return
-    kind, arg = parsed
+    kind, arg = action
     if kind == "sleep":
         await asyncio.sleep(arg)
     else:
-        failpoint(name)
+        _act(name, kind, arg)

@@ -236,7 +236,9 @@ def analyze(catalog: Catalog, rules: Rules) -> Graph:
         else:
             candidates.append(q)
 
-    options = {q: _ownership_options(catalog, res, q, table_rules.get(q), declared) for q in candidates}
+    options = {
+        q: _ownership_options(catalog, res, q, table_rules.get(q), declared) for q in candidates
+    }
     cost, chosen = _dijkstra(catalog, root, options)
 
     # Ownership paths, built in order of cost (targets are always resolved before their users).
@@ -478,7 +480,9 @@ def _describe_ownership(opts: _Options, root: str) -> str:
 def _why_unreached(q: str, opts: _Options, chosen: dict[str, _Options], root: str) -> str:
     if not opts.edges:
         return "no foreign key or sharding rule leads to an organization table"
-    missing = sorted({e.ref_table for e in opts.edges if e.ref_table not in chosen and e.ref_table != root})
+    missing = sorted(
+        {e.ref_table for e in opts.edges if e.ref_table not in chosen and e.ref_table != root}
+    )
     return "its links lead to tables that are not organization-scoped: " + ", ".join(missing)
 
 
@@ -514,7 +518,9 @@ def _dependencies(
         nodes[q].depends_on = sorted(deps)
 
 
-def _toposort(nodes: dict[str, Node], org: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+def _toposort(
+    nodes: dict[str, Node], org: list[str]
+) -> tuple[list[str], list[list[str]], list[list[str]]]:
     indeg = {q: 0 for q in org}
     children: dict[str, list[str]] = {q: [] for q in org}
     for q in org:
@@ -613,7 +619,8 @@ def _cluster_refs(
             ref = catalog.top_parent(fk.ref_table)
             if ref in declared and not _ignored_fk(rule, fk.name, fk.columns):
                 refs.append(ClusterWideRef(
-                    table=q, columns=list(fk.columns), ref_table=ref, ref_columns=list(fk.ref_columns)
+                    table=q, columns=list(fk.columns), ref_table=ref,
+                    ref_columns=list(fk.ref_columns),
                 ))
         if rule is not None:
             for column, ref_text in rule.references.items():
@@ -689,7 +696,10 @@ def _named_target(catalog: Catalog, column: str) -> str | None:
         q = catalog.resolve(n)
         if q is not None:
             return catalog.top_parent(q)
-    return None
+    # pipeline_id -> ci_pipelines: a prefixed table of that name, when there is only one.
+    suffix = "_" + plural(base)
+    found = {catalog.top_parent(q) for q, t in catalog.tables.items() if t.name.endswith(suffix)}
+    return found.pop() if len(found) == 1 else None
 
 
 @dataclass
@@ -701,7 +711,10 @@ class Suggestion:
 
 
 def suggest(
-    catalog: Catalog, graph: Graph, table: str, type_values: dict[str, dict[str, list[str]]] | None = None
+    catalog: Catalog,
+    graph: Graph,
+    table: str,
+    type_values: dict[str, dict[str, list[str]]] | None = None,
 ) -> Suggestion:
     """A rule for an unclassified table, inferred from column names (never applied by a plan)."""
     t = catalog.tables[table]
@@ -743,14 +756,14 @@ def suggest(
         return Suggestion(table, rule=TableRule(sharding_key=key), text=(
             f"sharding_key {text} (inferred from the column name; check it)"
         ))
-    referrers = sorted(
+    referrers = sorted({
         q for q in org
         for fk in catalog.tables[q].foreign_keys
         if catalog.top_parent(fk.ref_table) == table
-    )
+    })
     if referrers:
         return Suggestion(table, list_kind="cluster_wide", text=(
-            f"cluster_wide: organization tables reference it ({', '.join(sorted(set(referrers)))}); "
+            f"cluster_wide: organization tables reference it ({', '.join(referrers)}); "
             "if every Cell holds the same rows"
         ))
     return Suggestion(table, text=(

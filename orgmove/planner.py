@@ -130,7 +130,7 @@ def build_plan(
     for q, node in sorted(graph.nodes.items()):
         if node.classification in ("cluster_wide", "ignored", "cell_local", "partition"):
             skipped.append(SkippedTable(
-                table=q, classification=node.classification, reason=node.reason  # type: ignore[arg-type]
+                table=q, classification=node.classification, reason=node.reason
             ))
     return Plan(
         org=org_key,
@@ -272,7 +272,9 @@ def estimate_steps(conn: psycopg.Connection[Any], plan: Plan, catalog: Catalog) 
             continue
         cond = filter_condition(step, plan.root, plan.org)
         if t.est_rows <= EXACT_COUNT_LIMIT:
-            query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table_ident(step.table), cond)
+            query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                table_ident(step.table), cond
+            )
             scale = 1.0
         else:
             pct = min(100.0, 100.0 * SAMPLE_ROWS / t.est_rows)
@@ -308,9 +310,9 @@ def make_plan(
         with wrap_errors(from_cell, "reading the catalog"):
             catalog = read_catalog(src)
             graph = analyze(catalog, rules)
-            type_values = (
-                observed_type_values(src, catalog, graph.unclassified) if graph.unclassified else None
-            )
+            type_values = None
+            if graph.unclassified:
+                type_values = observed_type_values(src, catalog, graph.unclassified)
         plan = build_plan(
             catalog, rules, org=org, from_cell=from_cell, to_cell=to_cell,
             rules_label=rules_path, type_values=type_values,

@@ -150,7 +150,7 @@ def check_target_schema(plan: Plan, source: Catalog, target: Catalog) -> None:
 
 
 def _batches(
-    conn: psycopg.Connection[Any], query: sql.Composable, size: int = BATCH
+    conn: psycopg.Connection[Any], query: sql.Composed, size: int = BATCH
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Rows of ``query`` in batches, through a server-side cursor."""
     with conn.cursor(name="orgmove_preflight") as cur:

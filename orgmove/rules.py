@@ -190,12 +190,14 @@ def parse_rules(text: str, *, source: str = "rules") -> Rules:
             fix="see the format at the top of orgmove/rules.py or plans/gitlab.rules.yaml",
         ) from None
     rules.source = source
-    for rule in rules.tables.values():
-        for ref in [*rule.sharding_key.values(), *rule.references.values()]:
-            parse_ref(ref)
-        for poly in rule.polymorphic:
-            for ref in poly.types.values():
+    for name, rule in rules.tables.items():
+        refs = [*rule.sharding_key.values(), *rule.references.values()]
+        refs += [ref for poly in rule.polymorphic for ref in poly.types.values()]
+        for ref in refs:
+            try:
                 parse_ref(ref)
+            except RulesError as exc:
+                raise RulesError(f"{source}: table {name}: {exc.message}", fix=exc.fix) from None
     rules.check_lists()
     return rules
 
@@ -212,7 +214,7 @@ def dump_rules(rules: Rules, *, header: str = "") -> str:
     for key in ("cluster_wide", "ignored", "cell_local"):
         values = getattr(rules, key)
         if values:
-            doc[key] = sorted(set(values))
+            doc[key] = list(dict.fromkeys(values))
     text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
     if header:
         text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
@@ -273,6 +275,12 @@ def _dictionary_entry(
     rules: Rules, name: str, raw: dict[str, Any], f: Path, roots: list[tuple[str, str]]
 ) -> None:
     schema = str(raw.get("gitlab_schema") or "")
+    sharding_key = raw.get("sharding_key")
+    if isinstance(sharding_key, dict) and name in sharding_key.values():
+        # The sharding root declares itself (`organizations: sharding_key: {id: organizations}`),
+        # whatever its gitlab_schema says.
+        roots.append((name, str(next(c for c, t in sharding_key.items() if t == name))))
+        return
     if raw.get("exempt_from_sharding") is True or schema in CELL_LOCAL_SCHEMAS:
         rules.cell_local.append(name)
         return
@@ -280,7 +288,6 @@ def _dictionary_entry(
         rules.cluster_wide.append(name)
         return
     rule = TableRule(note=f"db/docs {f.name} ({schema or 'no gitlab_schema'})")
-    sharding_key = raw.get("sharding_key")
     if sharding_key is not None:
         if not isinstance(sharding_key, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in sharding_key.items()
@@ -288,11 +295,7 @@ def _dictionary_entry(
             raise RulesError(
                 f"{f}: sharding_key must map columns to tables", fix="e.g. `project_id: projects`"
             )
-        for column, table in sharding_key.items():
-            if table == name:
-                roots.append((name, column))
-            else:
-                rule.sharding_key[column] = table
+        rule.sharding_key.update(sharding_key)
     desired = raw.get("desired_sharding_key")
     if not rule.sharding_key and isinstance(desired, dict):
         for column, spec in desired.items():
@@ -304,10 +307,8 @@ def _dictionary_entry(
                     fix="add backfill_via.parent, or a sharding_key",
                 )
             fk, table, pk = parent
-            rule.sharding_key[fk] = table if pk == "id" else f"{table}({pk})"
-    if not rule.sharding_key and not any((name, k) in roots for k in (sharding_key or {})):
-        # No key: the owner comes from foreign keys, or the table is reported unclassified.
-        return
+            rule.sharding_key[fk] = f"{table}({pk})"
+    # Without a key the owner comes from foreign keys, or the table is reported unclassified.
     if rule.sharding_key:
         rules.tables[name] = rule
 

@@ -32,12 +32,12 @@ def _sql_file(name: str) -> str:
 
 def install_state_schema(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
-        conn.execute(sql.SQL(_sql_file("state_schema.sql")))  # type: ignore[arg-type]
+        conn.execute(sql.SQL(_sql_file("state_schema.sql")))
 
 
 def install_cell_schema(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
-        conn.execute(sql.SQL(_sql_file("cell_schema.sql")))  # type: ignore[arg-type]
+        conn.execute(sql.SQL(_sql_file("cell_schema.sql")))
 
 
 def state_schema_exists(conn: psycopg.Connection[Any]) -> bool:
@@ -229,3 +229,8 @@ def last_events(conn: psycopg.Connection[Any], move_key: str, limit: int = 5) ->
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def db_now(conn: psycopg.Connection[Any]) -> datetime | None:
+    row = conn.execute("SELECT now()").fetchone()
+    return row[0] if row else None

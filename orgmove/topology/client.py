@@ -340,17 +340,18 @@ class TopologyClient:
             raise self._error("GET", "/v1/classify", resp)
         return Classification.model_validate(body)
 
-    def get_organization(self, org_id: int) -> Organization:
-        return Organization.model_validate(self._json("GET", f"/v1/organizations/{org_id}"))
+    def get_organization(self, org_id: int | str) -> Organization:
+        path = f"/v1/organizations/{_org_id(org_id)}"
+        return Organization.model_validate(self._json("GET", path))
 
-    def owner_of_org(self, org_id: int) -> str | None:
+    def owner_of_org(self, org_id: int | str) -> str | None:
         """The cell holding the organization's claim, or None if it has none."""
         try:
             return self.get_organization(org_id).owner_cell
         except UnknownOrganization:
             return None
 
-    def org_state(self, org_id: int) -> str:
+    def org_state(self, org_id: int | str) -> str:
         """``active`` or ``read_only``; UnknownOrganization if the service has no claim for it."""
         return self.get_organization(org_id).state
 
@@ -358,14 +359,14 @@ class TopologyClient:
 
     def begin_move(
         self,
-        org_id: int,
+        org_id: int | str,
         from_cell: str,
         to_cell: str,
         lease_ttl_s: float,
         *,
         idempotency_key: str | None = None,
     ) -> Move:
-        body = {"org_id": org_id, "from_cell": from_cell, "to_cell": to_cell,
+        body = {"org_id": _org_id(org_id), "from_cell": from_cell, "to_cell": to_cell,
                 "lease_ttl_s": lease_ttl_s,
                 "idempotency_key": idempotency_key or str(uuid.uuid4())}
         return Move.model_validate(self._json("POST", "/v1/moves", json=body))
@@ -387,13 +388,26 @@ class TopologyClient:
     def get_move(self, move_id: uuid.UUID | str) -> Move:
         return Move.model_validate(self._json("GET", f"/v1/moves/{move_id}"))
 
-    def moves_for_org(self, org_id: int, limit: int = 100) -> list[Move]:
+    def moves_for_org(self, org_id: int | str, limit: int = 100) -> list[Move]:
         """Newest first."""
-        rows = self._json("GET", "/v1/moves", params={"org_id": org_id, "limit": limit})
+        params = {"org_id": _org_id(org_id), "limit": limit}
+        rows = self._json("GET", "/v1/moves", params=params)
         return [Move.model_validate(m) for m in rows]
 
     def _move_action(self, move_id: uuid.UUID | str, action: str, body: dict[str, Any]) -> Move:
         return Move.model_validate(self._json("POST", f"/v1/moves/{move_id}/{action}", json=body))
+
+
+def _org_id(org_id: int | str) -> int:
+    if isinstance(org_id, int):
+        return org_id
+    if org_id.strip().isdigit():
+        return int(org_id)
+    raise UnknownOrganization(
+        f"organization {org_id!r} is not a numeric id; the Topology Service keys organizations "
+        "by id",
+        fix="give the organization's numeric id",
+    )
 
 
 def _dump(record: BaseModel | Mapping[str, Any]) -> dict[str, Any]:

@@ -326,6 +326,10 @@ def _uvicorn_config(
 def serve(listen: str, dsn: str, token: str | None, *, log_level: str = "info") -> None:
     """Run the service in the foreground until interrupted (``orgmove topology serve``)."""
     host, port = parse_listen(listen)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     probe = Store(dsn, pool_size=1)
     try:
         probe.ensure_schema()
@@ -343,7 +347,11 @@ def serve(listen: str, dsn: str, token: str | None, *, log_level: str = "info") 
         host, port, _db_label(dsn), "bearer token" if token else "none",
     )
     server = uvicorn.Server(_uvicorn_config(create_app(dsn, token), host, port, log_level))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after a graceful shutdown
+        log.info("topology service stopped")
+        return
     if not server.started:
         raise EnvironmentProblem(
             f"the Topology Service could not start on {host}:{port}",

@@ -1,0 +1,111 @@
+"""move: plan + copy + verify + cutover in one command, with a summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from orgmove.config import Config
+from orgmove.copy import CopyOptions, CopyReport, run_copy
+from orgmove.cutover import CutoverOptions, CutoverReport, run_cutover
+from orgmove.errors import VerificationMismatch
+from orgmove.obs import NullProgress, ProgressSink
+from orgmove.plan import default_plan_path, write_plan
+from orgmove.verify import VerifyOptions, VerifyReport, run_verify
+
+
+@dataclass
+class MoveSummary:
+    plan_file: str
+    copy: CopyReport
+    verify: VerifyReport
+    cutover: CutoverReport
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan_file": self.plan_file,
+            "rows": self.copy.rows,
+            "bytes": self.copy.bytes,
+            "copy_rows_per_s": round(self.copy.rows_per_s, 1),
+            "verify_seconds": round(self.verify.seconds, 3),
+            "freeze_window_s": None if self.cutover.freeze_window_s is None
+            else round(self.cutover.freeze_window_s, 3),
+            "new_owner": self.cutover.new_owner,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "copy": self.copy.to_json(),
+            "verify": self.verify.to_json(),
+            "cutover": self.cutover.to_json(),
+        }
+
+    def table(self) -> Table:
+        t = Table(title=f"moved {self.copy.move_key}")
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        t.add_row("tables", str(len(self.copy.tables)))
+        t.add_row("rows copied", f"{self.copy.rows:,}")
+        t.add_row("bytes copied", f"{self.copy.bytes / 1e6:,.1f} MB")
+        t.add_row("copy rate", f"{self.copy.rows_per_s:,.0f} rows/s "
+                  f"({self.copy.bytes / 1e6 / max(self.copy.seconds, 1e-9):,.1f} MB/s)")
+        t.add_row("copy time", f"{self.copy.seconds:.2f} s")
+        t.add_row("verify time", f"{self.verify.seconds:.2f} s")
+        t.add_row("verify", "equal" if self.verify.equal else "MISMATCH")
+        t.add_row("freeze window", f"{(self.cutover.freeze_window_s or 0):.3f} s")
+        t.add_row("new owner", str(self.cutover.new_owner))
+        return t
+
+
+def run_move(
+    config: Config,
+    org: str,
+    from_cell: str,
+    to_cell: str,
+    *,
+    rules: str | None,
+    workers: int,
+    max_freeze_s: float,
+    progress: ProgressSink | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
+    plan_path: Path | None = None,
+) -> MoveSummary:
+    from orgmove import planner
+    from orgmove.cli import _owner_lookup
+
+    progress = progress or NullProgress()
+    seconds: dict[str, float] = {}
+    t = time.monotonic()
+    say(f"[1/4] plan: organization {org}, {from_cell} -> {to_cell}")
+    plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=_owner_lookup(config))
+    path = plan_path or default_plan_path(config.defaults.plans_dir, plan.org, from_cell, to_cell)
+    write_plan(plan, path)
+    seconds["plan"] = time.monotonic() - t
+    say(f"      {len(plan.steps)} tables, ~{sum(s.estimated_rows for s in plan.steps):,} rows -> {path}")
+
+    t = time.monotonic()
+    say("[2/4] copy")
+    copy_report = run_copy(plan, config, CopyOptions(workers=workers,
+                                                      chunk_rows=config.defaults.chunk_rows,
+                                                      rate_rows_per_s=config.defaults.rate_rows_per_s),
+                           progress)
+    seconds["copy"] = time.monotonic() - t
+
+    t = time.monotonic()
+    say("[3/4] verify")
+    verify_report = run_verify(plan, config, VerifyOptions(workers=workers), progress)
+    seconds["verify"] = time.monotonic() - t
+    if not verify_report.equal:
+        raise VerificationMismatch(
+            f"verify found {verify_report.mismatched_chunks} differing chunks after the copy",
+            fix=f"inspect with `orgmove verify {path}`; nothing was cut over",
+        )
+
+    t = time.monotonic()
+    say("[4/4] cutover")
+    cut = run_cutover(plan, config, CutoverOptions(max_freeze_s=max_freeze_s, workers=workers), progress)
+    seconds["cutover"] = time.monotonic() - t
+    return MoveSummary(str(path), copy_report, verify_report, cut, seconds)

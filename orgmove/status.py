@@ -1,0 +1,73 @@
+"""status: where a move stands, from the target's state store and the Topology Service."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from orgmove import db, state
+from orgmove.config import Config
+from orgmove.errors import OrgmoveError
+from orgmove.plan import Plan
+
+MOVE_FIELDS = ("state", "snapshot_consistent", "snapshots", "copy_started_at", "copy_finished_at",
+               "verified_at", "verify_clean", "verify_seconds", "topology_move_id", "fencing_token",
+               "fenced_at", "committed_at", "freeze_window_s", "last_error", "updated_at")
+
+
+def _describe(conn: Any, move: state.MoveRow) -> dict[str, Any]:
+    counts = state.chunk_counts(conn, move.move_key)
+    doc: dict[str, Any] = {"move": move.move_key, "org": move.org, "from": move.from_cell,
+                           "to": move.to_cell}
+    for name in MOVE_FIELDS:
+        value = move.get(name)
+        doc[name] = value.isoformat() if hasattr(value, "isoformat") else value
+    doc["chunks"] = {"done": counts.get("done", 0), "total": sum(counts.values())}
+    doc["recent_events"] = [
+        {"at": e["at"].isoformat(), "kind": e["kind"], "message": e["message"]}
+        for e in state.last_events(conn, move.move_key, 5)
+    ]
+    return doc
+
+
+def move_status(config: Config, *, plan: Plan | None = None, org: str | None = None) -> dict[str, Any]:
+    org_key = str(plan.org) if plan is not None else str(org)
+    cells = [plan.to_cell] if plan is not None else sorted(config.cells)
+    moves: list[dict[str, Any]] = []
+    unreachable: dict[str, str] = {}
+    for cell in cells:
+        try:
+            with db.connect(config.cell_dsn(cell), cell=cell, application_name="orgmove/status",
+                            autocommit=True) as conn:
+                if plan is not None:
+                    mv = state.get_move(conn, plan.move_key)
+                    found = [mv] if mv is not None else []
+                else:
+                    found = state.moves_for_org(conn, org_key)
+                moves += [_describe(conn, m) for m in found]
+        except OrgmoveError as exc:
+            unreachable[cell] = exc.message
+    doc: dict[str, Any] = {"org": org_key, "moves": moves, "unreachable_cells": unreachable,
+                           "owner": None, "org_state": None, "lease": None}
+    if config.topology is not None:
+        from orgmove.topology.client import TopologyClient
+
+        client = TopologyClient(config.topology.url, config.topology_token(), config.topology.timeout_s)
+        try:
+            org_int = int(org_key)
+            with contextlib.suppress(OrgmoveError):
+                info = client.get_organization(org_int)
+                doc["owner"] = info.owner_cell
+                doc["org_state"] = info.state
+            live = [m for m in client.moves_for_org(org_int) if m.status in ("begun", "fenced")]
+            if live:
+                m = live[0]
+                doc["lease"] = {"move_id": str(m.move_id), "status": m.status,
+                                "from": m.from_cell, "to": m.to_cell,
+                                "fencing_token": m.fencing_token,
+                                "expires_at": m.lease_expires_at.isoformat()}
+        except (ValueError, OrgmoveError) as exc:
+            doc["topology_error"] = str(exc)
+    else:
+        doc["topology_error"] = "no [topology] in the config"
+    return doc
