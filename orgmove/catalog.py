@@ -140,6 +140,7 @@ _TABLES_SQL = """
 SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text, c.relispartition,
        c.reltuples::float8, c.relpages::bigint,
        COALESCE(s.n_live_tup, 0)::bigint,
+       pg_relation_size(c.oid)::bigint,
        pg_table_size(c.oid)::bigint,
        current_setting('block_size')::bigint
 FROM pg_class c
@@ -198,12 +199,12 @@ def read_catalog(conn: psycopg.Connection[Any], *, skip_schemas: Iterable[str] =
     skip = list(SYSTEM_SCHEMAS) + list(skip_schemas)
     params = {"skip": skip}
     by_oid: dict[int, Table] = {}
-    raw_stats: dict[int, tuple[float, int, int, int, int]] = {}
+    raw_stats: dict[int, tuple[float, int, int, int, int, int]] = {}
     with conn.cursor() as cur:
         cur.execute(_TABLES_SQL, params)
-        for oid, schema, name, kind, _ispart, reltuples, relpages, live, size, bs in cur.fetchall():
+        for oid, schema, name, kind, _part, reltuples, pages, live, heap, size, bs in cur.fetchall():
             by_oid[oid] = Table(schema=schema, name=name, kind=kind)
-            raw_stats[oid] = (reltuples, relpages, live, size, bs)
+            raw_stats[oid] = (reltuples, pages, live, heap, size, bs)
 
         attnames: dict[int, dict[int, str]] = {}
         cur.execute(_COLUMNS_SQL, params)
@@ -277,26 +278,27 @@ def read_catalog(conn: psycopg.Connection[Any], *, skip_schemas: Iterable[str] =
 
 
 def _estimate(
-    reltuples: float, relpages: int, live: int, size: int, block_size: int
+    reltuples: float, relpages: int, live: int, heap: int, size: int, block_size: int
 ) -> tuple[int, int]:
     """Rows and bytes of one heap table from the statistics, without touching its data.
 
     ``reltuples`` is -1 for a table never vacuumed or analyzed (PostgreSQL 14+); then the
     statistics collector's live-tuple count is used, and failing that the size on disk at an
     assumed 100 bytes a row. ANALYZE is never run: the source Cell is read-only to the planner.
+    An empty main fork (``heap``) means an empty table, whatever its TOAST index weighs.
     """
-    if size <= 0:
+    if heap <= 0:
         return 0, 0
     if reltuples >= 0 and relpages > 0:
         # Scale the sampled density to the current size, as the PostgreSQL planner does.
-        pages_now = max(1, size // block_size)
+        pages_now = max(1, heap // block_size)
         rows = int(reltuples / relpages * pages_now)
     elif reltuples >= 0:
         rows = int(reltuples)
     elif live > 0:
         rows = live
     else:
-        rows = max(1, size // 100)
+        rows = max(1, heap // 100)
     return rows, size
 
 

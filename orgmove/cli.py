@@ -216,8 +216,13 @@ def _owner_lookup(config: Config) -> Any:
         return None
     from orgmove.topology.client import TopologyClient
 
-    client = TopologyClient(config.topology.url, config.topology_token(), config.topology.timeout_s)
-    return client.owner_of_org
+    assert config.topology is not None
+
+    def owner_of(org: Any) -> str | None:
+        with TopologyClient(config.topology.url, config.topology_token(), config.topology.timeout_s) as client:
+            return client.owner_of_org(org)
+
+    return owner_of
 
 
 # --- copy ----------------------------------------------------------------------------------------

@@ -265,10 +265,13 @@ def _preconditions(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.
 
 def run_cutover(plan: Plan, config: Config, options: CutoverOptions | None = None,
                 progress: ProgressSink | None = None) -> CutoverReport:
-    options = options or CutoverOptions()
-    progress = progress or NullProgress()
+    with _topology(config) as topo:
+        return _run_cutover(plan, config, topo, options or CutoverOptions(), progress or NullProgress())
+
+
+def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
+                 progress: ProgressSink) -> CutoverReport:
     ctx = MoveContext.create(plan, config)
-    topo = _topology(config)
     report = CutoverReport(plan.move_key, str(plan.org), plan.from_cell, plan.to_cell, dry_run=options.dry_run)
     ttl = options.lease_ttl_s or config.defaults.lease_ttl_s
     drain_timeout = options.drain_timeout_s or config.defaults.lock_timeout_s
@@ -500,15 +503,8 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                 f"--to {plan.from_cell}`",
             )
         if move is not None and move.get("topology_move_id") and config.topology is not None:
-            topo = _topology(config)
-            previous = topo.get_move(move.get("topology_move_id"))
-            if previous.status == "committed":
-                raise MoveStateError(
-                    f"the Topology Service says move {plan.move_key} was committed",
-                    fix="rerun `orgmove cutover` to record it; a move back is a new move",
-                )
-            if previous.status in ("begun", "fenced"):
-                topo.abort_move(previous.move_id, previous.fencing_token, "rollback")
+            with _topology(config) as topo:
+                _abort_topology_move(topo, plan, move.get("topology_move_id"))
         if has_fence(src, str(plan.org)):
             lift_fence(src, str(plan.org))
         for step in reversed(plan.steps):
@@ -522,6 +518,17 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                                rows=sum(deleted.values()))
     return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
             "owner": plan.from_cell}
+
+
+def _abort_topology_move(topo: Any, plan: Plan, move_id: str) -> None:
+    previous = topo.get_move(move_id)
+    if previous.status == "committed":
+        raise MoveStateError(
+            f"the Topology Service says move {plan.move_key} was committed",
+            fix="rerun `orgmove cutover` to record it; a move back is a new move",
+        )
+    if previous.status in ("begun", "fenced"):
+        topo.abort_move(previous.move_id, previous.fencing_token, "rollback")
 
 
 def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s: float = 0.0,
@@ -541,7 +548,8 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
             raise MoveStateError(f"move {plan.move_key} has no clean verification on record",
                                  fix="run `orgmove verify` until it reports equal")
         if config.topology is not None:
-            owner = _topology(config).owner_of_org(_org_int(plan))
+            with _topology(config) as topo:
+                owner = topo.owner_of_org(_org_int(plan))
             if owner != plan.to_cell:
                 raise PreflightFailed(
                     f"the Topology Service says organization {plan.org} is owned by {owner!r}, "

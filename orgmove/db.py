@@ -173,8 +173,14 @@ def translate(exc: BaseException, *, cell: str, dsn: str | None = None, what: st
 
 
 def _connection_was_established(exc: BaseException) -> bool:
-    # psycopg raises OperationalError from connect() with no pgconn; a later failure has one.
-    return getattr(exc, "pgconn", None) is not None
+    # psycopg 3.3 attaches a pgconn even to a refused connection: ask for its status.
+    pgconn = getattr(exc, "pgconn", None)
+    if pgconn is None:
+        return False
+    try:
+        return bool(pgconn.status == psycopg.pq.ConnStatus.OK)
+    except Exception:
+        return False
 
 
 def _host_of(dsn: str | None) -> str:

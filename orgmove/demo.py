@@ -37,8 +37,8 @@ def run_demo(directory: Path, *, scale: str, keep: bool, console: Console) -> No
     total = getattr(seeded, "total_rows", 0)
     console.print(f"  seeded 3 organizations ({scale}): {total:,} rows in {time.monotonic() - t:.1f}s")
     config = load_config(box.config_path)
-    client = TopologyClient(box.topology_url, box.token)
-    console.print(f"  the Topology Service says organization 1 lives on {client.owner_of_org(1)}")
+    with TopologyClient(box.topology_url, box.token) as client:
+        console.print(f"  the Topology Service says organization 1 lives on {client.owner_of_org(1)}")
     try:
         summary = run_move(
             config, "1", "cell-1", "cell-2", rules=rules_path(), workers=2,
@@ -46,7 +46,8 @@ def run_demo(directory: Path, *, scale: str, keep: bool, console: Console) -> No
             say=lambda msg: console.print(msg),
         )
         console.print(summary.table())
-        owner = client.owner_of_org(1)
+        with TopologyClient(box.topology_url, box.token) as client:
+            owner = client.owner_of_org(1)
         console.print(f"the Topology Service now says organization 1 lives on [bold]{owner}[/bold]")
     finally:
         if not keep:

@@ -112,7 +112,7 @@ class Graph:
 class _Options:
     mode: Literal["any", "all"]
     edges: list[Edge]
-    partial: bool = False
+    partial: str = ""  # why some nullable foreign keys are not followed
 
 
 def display(table: str) -> str:
@@ -387,7 +387,10 @@ def _dijkstra(
         if opts.mode == "all" and all(e.source == "fk" for e in opts.edges):
             kept = [e for e in opts.edges if e.ref_table in reachable]
             if len(kept) != len(opts.edges):
-                options[q] = _Options("all", kept, partial=True)
+                options[q] = _Options(
+                    "all", kept, partial="nullable foreign keys to tables that no link leads "
+                    "to from the root are not followed",
+                )
     users = {}
     for q, opts in options.items():
         for e in opts.edges:
@@ -456,7 +459,9 @@ def _dijkstra(
         # Break one table at a time: resolving it may unblock the others completely.
         q = min(stuck, key=lambda x: (sum(e.ref_table not in final for e in options[x].edges), x))
         kept = [e for e in options[q].edges if e.ref_table in final]
-        options[q] = _Options("all", kept, partial=True)
+        options[q] = _Options(
+            "all", kept, partial="nullable foreign keys that close a cycle are not followed"
+        )
         waiting[q] = 0
         push_all(q)
     return cost, chosen
@@ -473,7 +478,7 @@ def _describe_ownership(opts: _Options, root: str) -> str:
     label = "/".join(sorted(kinds))
     text = f"org-scoped via {label}: {via}"
     if opts.partial:
-        text += " (some nullable foreign keys are not usable: they close a cycle)"
+        text += f" ({opts.partial})"
     return text
 
 

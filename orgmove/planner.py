@@ -20,7 +20,7 @@ from psycopg import sql
 from orgmove.catalog import INTEGER_TYPES, Catalog, Table, read_catalog, schema_fingerprint
 from orgmove.config import Config
 from orgmove.db import connect, wrap_errors
-from orgmove.errors import PlanError, UnclassifiedTables
+from orgmove.errors import CellUnreachable, PlanError, TransientError, UnclassifiedTables
 from orgmove.graph import Graph, analyze, check_cycles, display, suggest
 from orgmove.plan import (
     OrgKey,
@@ -96,8 +96,9 @@ def raise_unclassified(
         f"{len(lines)} table(s) are not classified by {rules.source or 'the rules'}: "
         + "; ".join(lines),
         fix="add a rule for each to the rules file given with --rules (a sharding_key, a "
-        "polymorphic link, or one of the lists cluster_wide / ignored / cell_local); the "
-        "suggestions are a draft to review, a plan never applies them by itself",
+        "polymorphic link, or one of the lists cluster_wide / ignored / cell_local); "
+        "`orgmove plan ... --suggest-rules` prints the suggestions as a draft rules file to "
+        "review: a plan never applies them by itself",
         details={
             "tables": {q: s.text for q, s in suggestions.items()},
             "suggested_rules": draft,
@@ -114,10 +115,12 @@ def build_plan(
     to_cell: str,
     rules_label: str | None = None,
     type_values: dict[str, dict[str, list[str]]] | None = None,
+    graph: Graph | None = None,
 ) -> Plan:
     """The plan from a catalog and rules, without a database. Raises for unclassified tables
-    (:class:`UnclassifiedTables`), dependency cycles and rules that do not fit the schema."""
-    graph = analyze(catalog, rules)
+    (:class:`UnclassifiedTables`), dependency cycles and rules that do not fit the schema.
+    ``graph``: ``analyze(catalog, rules)`` when the caller has it already."""
+    graph = graph or analyze(catalog, rules)
     raise_unclassified(catalog, graph, rules, type_values)
     check_cycles(graph)
     root_table = catalog.tables[graph.root]
@@ -227,8 +230,15 @@ def _merge_rule(old: TableRule | None, new: TableRule) -> TableRule:
 @contextlib.contextmanager
 def _cell(config: Config, cell: str) -> Iterator[psycopg.Connection[Any]]:
     dsn = config.cell_dsn(cell)
-    conn = connect(dsn, cell=cell, application_name=APPLICATION_NAME,
-                   statement_timeout_s=config.defaults.statement_timeout_s)
+    try:
+        conn = connect(dsn, cell=cell, application_name=APPLICATION_NAME,
+                       statement_timeout_s=config.defaults.statement_timeout_s)
+    except TransientError as exc:
+        # Planning is not retried: a cell that cannot be reached now fails the pre-flight.
+        raise CellUnreachable(
+            f"cell {cell!r} is unreachable: {exc.message}",
+            fix=f"check that the Cell's PostgreSQL is up and the DSN of cell {cell!r} is right",
+        ) from exc
     try:
         # Every statement runs in a read-only, repeatable-read transaction: one consistent view
         # of the source, and a guarantee that planning writes nothing.
@@ -262,13 +272,16 @@ def observed_type_values(
     return out
 
 
-def estimate_steps(conn: psycopg.Connection[Any], plan: Plan, catalog: Catalog) -> None:
+def estimate_steps(conn: psycopg.Connection[Any], plan: Plan, catalog: Catalog) -> set[str]:
     """The organization's rows and bytes per step: exact counts for tables up to
-    ``EXACT_COUNT_LIMIT`` rows, a TABLESAMPLE count scaled up for larger ones, 0 for empty ones."""
+    ``EXACT_COUNT_LIMIT`` rows, a TABLESAMPLE count scaled up for larger ones, 0 for empty ones.
+    Returns the tables where the organization certainly has no rows (counted or empty)."""
+    none: set[str] = set()
     for step in plan.steps:
         t = catalog.tables[step.table]
         if t.est_bytes == 0:
             step.estimated_rows, step.estimated_bytes = 0, 0
+            none.add(step.table)
             continue
         cond = filter_condition(step, plan.root, plan.org)
         if t.est_rows <= EXACT_COUNT_LIMIT:
@@ -278,9 +291,9 @@ def estimate_steps(conn: psycopg.Connection[Any], plan: Plan, catalog: Catalog) 
             scale = 1.0
         else:
             pct = min(100.0, 100.0 * SAMPLE_ROWS / t.est_rows)
-            query = sql.SQL("SELECT count(*) FROM {} TABLESAMPLE SYSTEM ({}) WHERE {}").format(
-                table_ident(step.table), sql.Literal(pct), cond
-            )
+            query = sql.SQL(
+                "SELECT count(*) FROM {} TABLESAMPLE SYSTEM ({}) REPEATABLE (42) WHERE {}"
+            ).format(table_ident(step.table), sql.Literal(pct), cond)
             scale = 100.0 / pct
         with conn.cursor() as cur:
             cur.execute(query)
@@ -289,6 +302,9 @@ def estimate_steps(conn: psycopg.Connection[Any], plan: Plan, catalog: Catalog) 
         step.estimated_rows = rows
         per_row = t.est_bytes / max(t.est_rows, 1)
         step.estimated_bytes = int(rows * per_row)
+        if rows == 0 and scale == 1.0:
+            none.add(step.table)
+    return none
 
 
 def make_plan(
@@ -315,7 +331,7 @@ def make_plan(
                 type_values = observed_type_values(src, catalog, graph.unclassified)
         plan = build_plan(
             catalog, rules, org=org, from_cell=from_cell, to_cell=to_cell,
-            rules_label=rules_path, type_values=type_values,
+            rules_label=rules_path, type_values=type_values, graph=graph,
         )
         with wrap_errors(from_cell, "checking the organization"):
             preflight.check_org_exists(src, plan, from_cell)
@@ -324,9 +340,9 @@ def make_plan(
             target_catalog = read_catalog(dst)
         preflight.check_target_schema(plan, catalog, target_catalog)
         with wrap_errors(from_cell, "estimating rows"):
-            estimate_steps(src, plan, catalog)
-        preflight.check_target_conflicts(src, dst, plan, target_catalog)
-        preflight.check_cluster_wide_refs(src, dst, plan, target_catalog)
+            no_rows = estimate_steps(src, plan, catalog)
+        preflight.check_target_conflicts(src, dst, plan, target_catalog, skip=no_rows)
+        preflight.check_cluster_wide_refs(src, dst, plan, target_catalog, skip=no_rows)
         tables = [s.table for s in plan.steps]
         with wrap_errors(from_cell, "fingerprinting the schema"):
             plan.source_fingerprint = schema_fingerprint(src, tables)

@@ -151,7 +151,8 @@ def _read_text(p: Path) -> str:
 
 def _yaml_load(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        # The C loader when available: a GitLab db/docs directory has thousands of files.
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

@@ -148,10 +148,12 @@ class Sandbox:
     def _register_cells(self) -> None:
         from orgmove.topology.client import TopologyClient
 
-        client = TopologyClient(self.topology_url, self.token)
         clusters = self.clusters()
-        for name in CELLS:
-            client.register_cell(name, f"127.0.0.1:{clusters[name].port}")
+        with TopologyClient(self.topology_url, self.token) as client:
+            for number, name in enumerate(CELLS, 1):
+                # Each cell allocates ids from its own range (orgmove.seed: cell N starts at N * 10^12).
+                client.register_cell(name, f"127.0.0.1:{clusters[name].port}",
+                                     sequence_start=number * 10**12, sequence_end=(number + 1) * 10**12 - 1)
 
     # --- seed ----------------------------------------------------------------------------------
 
@@ -160,7 +162,8 @@ class Sandbox:
         from orgmove.topology.client import TopologyClient, seed_claims
 
         report = seeding.seed(self.cell_dsns(), orgs=orgs, scale=scale, seed=seed)
-        seed_claims(TopologyClient(self.topology_url, self.token), self.cell_dsns())
+        with TopologyClient(self.topology_url, self.token) as client:
+            seed_claims(client, self.cell_dsns())
         return report
 
     # --- down ----------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ def move_status(config: Config, *, plan: Plan | None = None, org: str | None = N
                                 "expires_at": m.lease_expires_at.isoformat()}
         except (ValueError, OrgmoveError) as exc:
             doc["topology_error"] = str(exc)
+        finally:
+            client.close()
     else:
         doc["topology_error"] = "no [topology] in the config"
     return doc

@@ -14,7 +14,7 @@ from orgmove.rules import Rules, parse_rules
 # --- a tiny catalog builder ---------------------------------------------------------------------
 
 
-def T(  # noqa: N802 - reads like a table declaration
+def T(
     name: str,
     *cols: str,
     pk: list[str] | None = None,
@@ -425,3 +425,17 @@ def test_filter_condition_renders_with_literals() -> None:
     plan = plan_of(cat(ORGS, NAMESPACES, PROJECTS, USERS), BASE_RULES, org="5")
     cond = filter_condition(plan.step("public.projects"), plan.root, plan.org)
     assert "namespace_id" in repr(cond)
+
+
+def test_nullable_foreign_keys_in_a_cycle_still_resolve() -> None:
+    a = T("a", "id bigint!", "organization_id bigint", "b_id bigint",
+          fks={"organization_id": "organizations", "b_id": "b"})
+    b = T("b", "id bigint!", "organization_id bigint", "a_id bigint",
+          fks={"organization_id": "organizations", "a_id": "a"})
+    graph = analyze(cat(ORGS, a, b), parse_rules(""))
+    assert graph.unclassified == []
+    assert {graph.classification("public.a"), graph.classification("public.b")} == {"org"}
+    assert "close a cycle" in graph.nodes["public.a"].reason + graph.nodes["public.b"].reason
+    assert graph.cycles == [["public.a", "public.b"]]
+    plan = plan_of(cat(ORGS, a, b), "tables:\n  a: {ignore_fks: [b_id]}\n")
+    assert [s.name for s in plan.steps] == ["organizations", "a", "b"]
