@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from orgmove import __version__
 from orgmove.config import Config, load_config, redact
+from orgmove.db import translate
 from orgmove.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -30,7 +32,7 @@ from orgmove.errors import (
     Interrupted,
     OrgmoveError,
 )
-from orgmove.obs import METRICS, add_secrets, setup_logging
+from orgmove.obs import METRICS, add_secrets, scrub_secrets, setup_logging
 
 app = typer.Typer(
     name="orgmove",
@@ -89,6 +91,9 @@ def main_callback(
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", envvar="ORGMOVE_METRICS_PORT", show_envvar=True,
         help="Serve Prometheus metrics on this port while the command runs.")] = None,
+    metrics_addr: Annotated[str, typer.Option(
+        "--metrics-addr", envvar="ORGMOVE_METRICS_ADDR", show_envvar=True,
+        help="Address the metrics endpoint listens on (0.0.0.0 in a container).")] = "127.0.0.1",
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version.")] = False,
 ) -> None:
@@ -105,7 +110,7 @@ def main_callback(
     if metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="127.0.0.1", registry=METRICS.registry)
+        start_http_server(metrics_port, addr=metrics_addr, registry=METRICS.registry)
 
 
 # --- shared options ------------------------------------------------------------------------------
@@ -169,7 +174,8 @@ def plan(
     out_path: Annotated[Path | None, typer.Option("--out", envvar="ORGMOVE_PLAN_OUT", show_envvar=True,
                                                   help="Plan file to write.")] = None,
     suggest_rules: Annotated[bool, typer.Option(
-        "--suggest-rules", help="Print a draft rules file for unclassified tables and exit.")] = False,
+        "--suggest-rules", envvar="ORGMOVE_SUGGEST_RULES", show_envvar=True,
+        help="Print a draft rules file for unclassified tables and exit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Walk the org's table graph and write an ordered, reviewable copy plan.
@@ -216,10 +222,11 @@ def _owner_lookup(config: Config) -> Any:
         return None
     from orgmove.topology.client import TopologyClient
 
-    assert config.topology is not None
+    topology = config.topology
+    token = config.topology_token()
 
     def owner_of(org: Any) -> str | None:
-        with TopologyClient(config.topology.url, config.topology_token(), config.topology.timeout_s) as client:
+        with TopologyClient(topology.url, token, topology.timeout_s) as client:
             return client.owner_of_org(org)
 
     return owner_of
@@ -255,7 +262,7 @@ def copy(
         workers=workers or d.workers,
         chunk_rows=chunk_rows or d.chunk_rows,
         rate_rows_per_s=rate or d.rate_rows_per_s,
-        max_replica_lag_s=d.max_replica_lag_s,
+        max_replica_lag_s=_lag_threshold(config, the_plan.to_cell),
         dry_run=dry_run,
     )
     report = run_copy(the_plan, config, options, make_progress(_progress_enabled()))
@@ -278,6 +285,13 @@ def copy(
         out.print(f"next: orgmove verify {plan_file}")
 
     emit({"command": "copy", **report.to_json()}, human)
+
+
+def _lag_threshold(config: Config, cell: str) -> float:
+    cell_conf = config.cells.get(cell)
+    if cell_conf is not None and cell_conf.max_replica_lag_s is not None:
+        return cell_conf.max_replica_lag_s
+    return config.defaults.max_replica_lag_s
 
 
 # --- verify --------------------------------------------------------------------------------------
@@ -343,6 +357,7 @@ def cutover(
     max_freeze: Annotated[float | None, typer.Option(
         "--max-freeze", envvar="ORGMOVE_MAX_FREEZE", show_envvar=True,
         help="Abort if the write freeze would exceed this many seconds.")] = None,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fence writes, sync, verify, flip the org's claims with compare-and-swap.
@@ -360,7 +375,8 @@ def cutover(
                  f"{the_plan.to_cell}: its writes freeze until the claims flip.", yes)
     report = run_cutover(
         the_plan, config,
-        CutoverOptions(dry_run=dry_run, max_freeze_s=max_freeze or config.defaults.max_freeze_s),
+        CutoverOptions(dry_run=dry_run, max_freeze_s=max_freeze or config.defaults.max_freeze_s,
+                       workers=workers or config.defaults.workers),
         make_progress(_progress_enabled()),
     )
 
@@ -408,7 +424,8 @@ def move(
 
 @app.command()
 def status(
-    plan_file: Annotated[Path | None, typer.Argument(help="Plan file.")] = None,
+    plan_file: Annotated[Path | None, typer.Argument(help="Plan file.", envvar="ORGMOVE_PLAN",
+                                                     show_envvar=True)] = None,
     org: Annotated[str | None, typer.Option("--org", envvar="ORGMOVE_ORG", show_envvar=True)] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -574,7 +591,8 @@ def topology_serve(
 def demo(
     directory: DirOpt = Path(".orgmove/demo"),
     scale: Annotated[str, typer.Option("--scale", envvar="ORGMOVE_DEMO_SCALE", show_envvar=True)] = "small",
-    keep: Annotated[bool, typer.Option("--keep", help="Leave the sandbox running afterwards.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", envvar="ORGMOVE_DEMO_KEEP", show_envvar=True,
+                                       help="Leave the sandbox running afterwards.")] = False,
 ) -> None:
     """Start a fresh sandbox, seed it, and move organization 1 from cell-1 to cell-2.
 
@@ -605,20 +623,22 @@ def _write_metrics() -> None:
             err.print(f"warning: cannot write metrics to {G.metrics_file}: {exc}")
 
 
+def _scrub(text: str) -> str:
+    secrets = G._config.secrets() if G._config is not None else []
+    return scrub_secrets(redact(text), secrets)
+
+
 def _fail(exc: OrgmoveError) -> int:
     if G.json:
-        sys.stdout.write(json.dumps({"ok": False, "error": exc.to_json()}, default=str) + "\n")
-    text = redact(str(exc))
-    if G._config is not None:
-        for secret in G._config.secrets():
-            text = text.replace(secret, "***")
-    sys.stderr.write(f"orgmove: error: {text}\n")
+        doc = json.loads(_scrub(json.dumps({"ok": False, "error": exc.to_json()}, default=str)))
+        sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stderr.write(f"orgmove: error: {_scrub(str(exc))}\n")
     if G.debug:
         traceback.print_exc()
     return exc.exit_code
 
 
-GLOBAL_VALUE_OPTIONS = ("--config", "--log-format", "--metrics-file", "--metrics-port")
+GLOBAL_VALUE_OPTIONS = ("--config", "--log-format", "--metrics-file", "--metrics-port", "--metrics-addr")
 GLOBAL_FLAGS = ("--debug",)
 
 
@@ -656,6 +676,12 @@ def main(argv: list[str] | None = None) -> None:
         result = app(args=args, standalone_mode=False)
         if isinstance(result, int):
             code = result
+        if code == Interrupted.exit_code:
+            # Typer turns a KeyboardInterrupt (SIGINT) into a silent Exit(130) when not in
+            # standalone mode: say what happened and how to go on.
+            code = _fail(Interrupted("interrupted by the operator",
+                                     fix="rerun the same command to resume; `orgmove status` shows "
+                                     "where it stopped"))
     except typer.Exit as exc:
         code = exc.exit_code
     except SystemExit as exc:
@@ -665,11 +691,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = _fail(Interrupted("interrupted by the operator",
                                  fix="rerun the same command to resume; `orgmove status` shows where it stopped"))
+    except psycopg.Error as exc:  # a driver error that escaped its module's translation
+        code = _fail(translate(exc, cell="a cell"))
     except typer.Abort:
         code = _fail(Interrupted("aborted", fix="rerun the command"))
     except Exception as exc:  # usage errors and anything unexpected
         if isinstance(exc, typer.TyperException) and hasattr(exc, "show"):
             exc.show()
+            if "--json" in args:
+                usage = BadInput(str(getattr(exc, "message", exc)), fix="see `orgmove COMMAND --help`")
+                sys.stdout.write(json.dumps({"ok": False, "error": usage.to_json()}) + "\n")
             code = EXIT_BAD_INPUT
         else:
             logging.getLogger("orgmove").debug("internal error", exc_info=True)
@@ -679,6 +710,9 @@ def main(argv: list[str] | None = None) -> None:
             )
             if G.debug:
                 traceback.print_exc()
+            if G.json:
+                internal = OrgmoveError(f"internal error: {type(exc).__name__}", fix="rerun with --debug")
+                sys.stdout.write(json.dumps({"ok": False, "error": {**internal.to_json(), "code": "internal"}}) + "\n")
             code = EXIT_FAILED
     finally:
         _write_metrics()

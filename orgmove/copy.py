@@ -361,9 +361,13 @@ async def stream_chunk(src: Any, dst: Any, step: Step, select_sql: str) -> tuple
             name, schema_name=schema, columns=step.columns, source=blocks(), format="binary"
         )
 
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(produce())
-        tg.create_task(consume())
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce())
+            tg.create_task(consume())
+    except BaseExceptionGroup as group:
+        # The first failure is the cause (the other side was cancelled because of it).
+        raise group.exceptions[0] from None
     rows = int(status.split()[-1]) if status else 0
     return rows, nbytes
 
@@ -458,7 +462,8 @@ class CopyRun:
                     self.report.retries += 1
                     METRICS.retries.inc()
                     METRICS.chunks_failed.inc()
-                    log(logging.WARNING, f"chunk failed, retrying: {db.translate_any(exc, cell='?')}",
+                    cells = f"{self.ctx.source}->{self.ctx.target}"
+                    log(logging.WARNING, f"chunk failed, retrying: {db.translate_any(exc, cell=cells)}",
                         table=task.step.table, chunk=task.chunk_no, attempt=attempt)
 
                 async def attempt(task: ChunkTask = task) -> tuple[int, int] | None:
@@ -580,13 +585,21 @@ def run_copy(
                 run = CopyRun(ctx, options, holder, report, progress)
                 try:
                     asyncio.run(run.run(pending))
+                    # A commit acknowledged by a target that then crashed or failed over to an
+                    # asynchronous replica may be gone: copy whatever the target does not have.
+                    for _ in range(3):
+                        lost = _pending_chunks(ctx, steps)
+                        if not any(lost.values()):
+                            break
+                        log(logging.WARNING, "chunks acknowledged earlier are missing on the target; "
+                            "copying them again", move=plan.move_key,
+                            chunks=sum(len(v) for v in lost.values()))
+                        asyncio.run(run.run(lost))
                 except OrgmoveError as exc:
-                    state.update_move(dst, plan.move_key, state="copying", last_error=str(exc))
-                    state.record_event(dst, plan.move_key, "copy_failed", str(exc))
+                    _record_quietly(ctx, "copy_failed", str(exc), last_error=str(exc))
                     raise
                 except KeyboardInterrupt:
-                    state.record_event(dst, plan.move_key, "copy_interrupted",
-                                       "copy interrupted by the operator; rerun to resume")
+                    _record_quietly(ctx, "copy_interrupted", "copy interrupted by the operator; rerun to resume")
                     raise
                 finally:
                     progress.finish()
@@ -595,13 +608,33 @@ def run_copy(
             report.snapshots = holder.exports
             report.snapshot_consistent = report.snapshot_consistent and holder.exports == 1
             report.seconds = time.monotonic() - started
-            state.update_move(
-                dst, plan.move_key, state="copied", snapshots=move.snapshots + holder.exports,
-                snapshot_consistent=report.snapshot_consistent, copy_finished_at=state.db_now(dst),
-            )
-            state.record_event(dst, plan.move_key, "copy_finished", "copy finished",
-                               rows=report.rows, bytes=report.bytes, seconds=round(report.seconds, 3))
+            # The control connection may have been cut while the workers ran: use a fresh one.
+            with ctx.connect_target("control") as fresh:
+                state.update_move(
+                    fresh, plan.move_key, state="copied", snapshots=move.snapshots + holder.exports,
+                    snapshot_consistent=report.snapshot_consistent, copy_finished_at=state.db_now(fresh),
+                )
+                state.record_event(fresh, plan.move_key, "copy_finished", "copy finished",
+                                   rows=report.rows, bytes=report.bytes, seconds=round(report.seconds, 3))
     return report
+
+
+def _pending_chunks(ctx: MoveContext, steps: dict[str, Step]) -> dict[str, list[ChunkTask]]:
+    with ctx.connect_target("control") as conn:
+        chunks = state.load_chunks(conn, ctx.plan.move_key)
+    pending: dict[str, list[ChunkTask]] = {t: [] for t in steps}
+    for c in chunks:
+        if c.table_name in steps and c.state != "done":
+            pending[c.table_name].append(ChunkTask(steps[c.table_name], c.chunk_no, c.range))
+    return pending
+
+
+def _record_quietly(ctx: MoveContext, kind: str, message: str, **fields: Any) -> None:
+    """Record a failure on a fresh connection; never mask the failure itself."""
+    with contextlib.suppress(Exception), ctx.connect_target("control") as conn:
+        if fields:
+            state.update_move(conn, ctx.plan.move_key, **fields)
+        state.record_event(conn, ctx.plan.move_key, kind, message)
 
 
 @contextlib.contextmanager

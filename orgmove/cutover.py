@@ -83,7 +83,8 @@ class CutoverReport:
             "sync_rounds": self.sync_rounds, "rows_resynced": self.rows_resynced,
             "verify_seconds": round(self.verify_seconds, 3),
             "topology_move_id": self.topology_move_id, "fencing_token": self.fencing_token,
-            "checks": self.checks, "steps": self.steps,
+            "checks": self.checks,
+            "steps": [{**st, "seconds": round(st["seconds"], 3)} for st in self.steps],
         }
 
     def human(self) -> str:
@@ -239,7 +240,7 @@ def _preconditions(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.
             raise PreflightFailed(
                 f"the write fence (orgmove.assert_writable) is not installed on cell {name!r}",
                 fix="install it as an administrator: psql -f orgmove/sql/cell_schema.sql "
-                "(runbooks/least-privilege.md)",
+                "(runbooks/09-least-privilege.md)",
             )
     checks["fence function installed"] = True
     owner = topo.owner_of_org(_org_int(plan))
@@ -277,8 +278,14 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
     drain_timeout = options.drain_timeout_s or config.defaults.lock_timeout_s
 
     with ctx.control("cutover") as (src, dst):
-        _finish_or_abort_previous(ctx, src, dst, topo)
-        report.checks = _preconditions(ctx, src, dst, topo)
+        if options.dry_run:
+            previous = state.get_move(dst, plan.move_key)
+            if previous is not None and previous.state == "cutover":
+                report.checks["an interrupted cutover is pending"] = (
+                    "yes: a real cutover (or rollback) first finishes or aborts it")
+        else:
+            _finish_or_abort_previous(ctx, src, dst, topo)
+        report.checks.update(_preconditions(ctx, src, dst, topo))
         if options.dry_run:
             dirty, seconds, _ = checksum_round(ctx, _all_chunks(ctx, dst), options.workers, progress)
             report.checks["verify clean now"] = not dirty
@@ -502,9 +509,17 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                 fix=f"a move back is a new move: `orgmove move --org {plan.org} --from {plan.to_cell} "
                 f"--to {plan.from_cell}`",
             )
-        if move is not None and move.get("topology_move_id") and config.topology is not None:
+        if config.topology is not None:
             with _topology(config) as topo:
-                _abort_topology_move(topo, plan, move.get("topology_move_id"))
+                if move is not None and move.get("topology_move_id"):
+                    _abort_topology_move(topo, plan, move.get("topology_move_id"))
+                owner = topo.owner_of_org(_org_int(plan))
+                if owner == plan.to_cell:
+                    raise MoveStateError(
+                        f"the Topology Service says organization {plan.org} lives on {plan.to_cell}; "
+                        f"rollback would delete its live rows there",
+                        fix="a move back is a new move; nothing was deleted",
+                    )
         if has_fence(src, str(plan.org)):
             lift_fence(src, str(plan.org))
         for step in reversed(plan.steps):
@@ -512,7 +527,9 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                 deleted[step.table] = _delete_org_rows(dst, step, plan, 10_000)
         if move is not None:
             with dst.transaction():
-                dst.execute("DELETE FROM orgmove.chunks WHERE move_key = %s", (plan.move_key,))
+                for table in ("chunks", "chunk_log", "verify_chunks"):
+                    dst.execute(sql.SQL("DELETE FROM {} WHERE move_key = %s").format(
+                        sql.Identifier("orgmove", table)), (plan.move_key,))
             state.update_move(dst, plan.move_key, state="rolled_back", last_error=None)
             state.record_event(dst, plan.move_key, "rolled_back", "copied rows deleted from the target",
                                rows=sum(deleted.values()))

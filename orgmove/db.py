@@ -127,7 +127,8 @@ async def connect_async(
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TransientError):
+    # Unreachable *now* (a restart, a failover) is worth retrying once work is under way.
+    if isinstance(exc, TransientError | CellUnreachable):
         return True
     if isinstance(exc, OrgmoveError):
         return False
@@ -167,9 +168,23 @@ def translate(exc: BaseException, *, cell: str, dsn: str | None = None, what: st
             f"cell {cell!r} refused the login: {text}",
             fix=f"check the user and password in the DSN of cell {cell!r}",
         )
+    if state == INSUFFICIENT_PRIVILEGE:
+        return permission_denied(cell, where, text)
     if is_transient(exc):
         return TransientError(f"transient error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
     return PermanentError(f"error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
+
+
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def permission_denied(cell: str, where: str, text: str) -> PermanentError:
+    return PermanentError(
+        f"cell {cell!r} denied a privilege{where}: {text}",
+        fix=f"grant the role in the DSN of cell {cell!r} what it needs, as "
+        "runbooks/least-privilege.sql does (cleanup deletes source rows as orgmove_cleanup)",
+        details={"sqlstate": INSUFFICIENT_PRIVILEGE},
+    )
 
 
 def _connection_was_established(exc: BaseException) -> bool:
@@ -263,6 +278,8 @@ def translate_any(exc: BaseException, *, cell: str, dsn: str | None = None, what
             f"cell {cell!r} refused the login: {text}",
             fix=f"check the user and password in the DSN of cell {cell!r}",
         )
+    if state == INSUFFICIENT_PRIVILEGE:
+        return permission_denied(cell, where, text)
     if isinstance(exc, ConnectionRefusedError | OSError) and not state and dsn is not None:
         host = _host_of(dsn)
         return CellUnreachable(
@@ -275,6 +292,8 @@ def translate_any(exc: BaseException, *, cell: str, dsn: str | None = None, what
 
 
 def is_transient_any(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_transient_any(e) for e in exc.exceptions)
     if isinstance(exc, psycopg.Error | OrgmoveError):
         return is_transient(exc)
     state = getattr(exc, "sqlstate", None)

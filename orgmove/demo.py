@@ -15,11 +15,14 @@ RULES = Path(__file__).resolve().parent.parent / "plans" / "gitlab.rules.yaml"
 
 
 def rules_path() -> str:
-    from importlib import resources
+    """The shipped rules: beside the package in a checkout, or ./plans in an image or a run dir."""
+    for candidate in (RULES, Path("plans") / "gitlab.rules.yaml"):
+        if candidate.exists():
+            return str(candidate)
+    from orgmove.errors import EnvironmentProblem
 
-    if RULES.exists():
-        return str(RULES)
-    return str(resources.files("orgmove").joinpath("sql", "gitlab.rules.yaml"))
+    raise EnvironmentProblem("plans/gitlab.rules.yaml was not found",
+                             fix="run the demo from the orgmove checkout (or an image that has plans/)")
 
 
 def run_demo(directory: Path, *, scale: str, keep: bool, console: Console) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -25,16 +26,21 @@ from orgmove.config import redact
 LOG = logging.getLogger("orgmove")
 
 
+def scrub_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Replace each secret where it stands alone (not inside a longer word)."""
+    for secret in secrets:
+        if secret:
+            text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])", "***", text)
+    return text
+
+
 class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.secrets = [s for s in secrets if s]
 
     def scrub(self, text: str) -> str:
-        text = redact(text)
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub_secrets(redact(text), self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.scrub(record.getMessage())

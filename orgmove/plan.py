@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -164,8 +165,13 @@ def read_plan(path: str | Path) -> Plan:
             fix="make one with `orgmove plan --org ID --from CELL --to CELL`",
         )
     try:
-        raw: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"cannot read plan file {path}: {exc}",
+                        fix="pass the plan file written by `orgmove plan`") from None
+    try:
+        raw: Any = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise PlanError(
             f"plan file {path} is not valid JSON ({exc})",
             fix="regenerate it with `orgmove plan`; plans are not meant to be edited by hand",
@@ -187,7 +193,12 @@ def read_plan(path: str | Path) -> Plan:
             f"version {PLAN_FORMAT_VERSION}",
             fix="regenerate it with this version of `orgmove plan`",
         )
-    if plan.checksum != plan.content_checksum():
+    try:
+        checksum = plan.content_checksum()
+    except UnicodeEncodeError:  # a lone surrogate, written as a \udXXX escape
+        raise PlanError(f"plan file {path} holds text that is not valid Unicode",
+                        fix="regenerate it with `orgmove plan`") from None
+    if plan.checksum != checksum:
         raise StalePlan(
             f"plan file {path} was changed after it was written (its checksum does not match)",
             fix="regenerate it with `orgmove plan`; to change what moves, edit the rules file instead",
@@ -254,11 +265,18 @@ def filter_condition(step: Step, root: RootSpec, org: OrgKey | sql.Composable) -
 
 
 _TYPE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_ ()[],\"")
+# The shape of format_type() output: words or quoted names, one optional (n[,m]) modifier,
+# optional [] suffixes. Parentheses elsewhere (``bigint) OR (true``) would change the SQL around.
+_TYPE_WORD = r'(?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+")'
+_TYPE_SHAPE = re.compile(
+    rf"^{_TYPE_WORD}(?: {_TYPE_WORD})*(?:\(\d+(?:, ?\d+)*\))?(?: {_TYPE_WORD})*(?:\[\])*$", re.I
+)
 
 
 def _safe_type(type_name: str) -> str:
     # Types come from format_type() in the catalog; refuse anything else rather than quote it.
-    if not type_name or not set(type_name.lower()) <= _TYPE_CHARS:
+    if (not type_name or not set(type_name.lower()) <= _TYPE_CHARS
+            or not _TYPE_SHAPE.match(type_name)):
         raise PlanError(f"unexpected type name {type_name!r} in plan", fix="regenerate the plan")
     return type_name
 

@@ -381,7 +381,12 @@ def run_verify(
 
 def _record(ctx: MoveContext, report: VerifyReport, results: list[ChunkResult]) -> None:
     with ctx.connect_target("verify") as dst, db.wrap_errors(ctx.target, "record verify"):
-        state.ensure_move(dst, ctx.plan)
+        move = state.ensure_move(dst, ctx.plan)
+        if move.state in ("committed", "cleaning", "cleaned"):
+            # After the flip the source is no longer the truth (cleanup may have emptied it).
+            state.record_event(dst, ctx.plan.move_key, "verify", "verify after commit (not recorded)",
+                               equal=report.equal)
+            return
         with dst.transaction(), dst.cursor() as cur:
             cur.executemany(
                 "INSERT INTO orgmove.verify_chunks (move_key, table_name, chunk_no, src_rows, "
@@ -392,7 +397,10 @@ def _record(ctx: MoveContext, report: VerifyReport, results: list[ChunkResult]) 
                 [(ctx.plan.move_key, r.table, r.chunk_no, r.src_rows, r.dst_rows, r.src_hash,
                   r.dst_hash, r.equal) for r in results],
             )
-        state.update_move(dst, ctx.plan.move_key, verified_at=state.db_now(dst), verify_clean=report.equal,
-                          verify_seconds=report.seconds)
+        new_state = "verified" if report.equal and move.state == "copied" else move.state
+        if not report.equal and move.state == "verified":
+            new_state = "copied"
+        state.update_move(dst, ctx.plan.move_key, state=new_state, verified_at=state.db_now(dst),
+                          verify_clean=report.equal, verify_seconds=report.seconds)
         state.record_event(dst, ctx.plan.move_key, "verify", "equal" if report.equal else "mismatch",
                            mismatched_chunks=report.mismatched_chunks, seconds=round(report.seconds, 3))

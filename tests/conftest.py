@@ -8,6 +8,8 @@ import pytest
 
 from tests.pgfixtures import Servers, start_servers
 
+pytest_plugins = ["tests.world"]
+
 
 @pytest.fixture(scope="session")
 def pg_servers() -> Iterator[Servers]:

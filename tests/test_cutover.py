@@ -13,7 +13,7 @@ from orgmove.cutover import CutoverOptions, run_cutover, run_rollback
 from orgmove.seed import org_row_counts
 from tests.helpers import org_checksums, orgmove_cli, orgmove_popen, other_rows_checksums
 from tests.test_copy import make_plan
-from tests.world import World, can_write, world  # noqa: F401
+from tests.world import World, can_write
 
 
 def _copied(world: World, org: str = "1"):

@@ -1,6 +1,14 @@
 -- orgmove's move state, kept on the TARGET Cell so that a chunk's rows and its checkpoint commit in
 -- one transaction. Idempotent: applied before every command that writes state.
-CREATE SCHEMA IF NOT EXISTS orgmove;
+-- Created only when missing: CREATE SCHEMA (even IF NOT EXISTS) needs CREATE on the database,
+-- which the least-privilege target role does not have (runbooks/least-privilege.sql).
+DO $$
+BEGIN
+    IF to_regnamespace('orgmove') IS NULL THEN
+        CREATE SCHEMA orgmove;
+    END IF;
+END
+$$;
 
 CREATE TABLE IF NOT EXISTS orgmove.moves (
     move_key            text PRIMARY KEY,
