@@ -590,7 +590,7 @@ def topology_serve(
 @app.command()
 def demo(
     directory: DirOpt = Path(".orgmove/demo"),
-    scale: Annotated[str, typer.Option("--scale", envvar="ORGMOVE_DEMO_SCALE", show_envvar=True)] = "small",
+    scale: Annotated[str, typer.Option("--scale", envvar="ORGMOVE_DEMO_SCALE", show_envvar=True)] = "medium",
     keep: Annotated[bool, typer.Option("--keep", envvar="ORGMOVE_DEMO_KEEP", show_envvar=True,
                                        help="Leave the sandbox running afterwards.")] = False,
 ) -> None:

@@ -1,0 +1,140 @@
+"""Copy throughput: `orgmove copy` of the large organization against the best hand-written
+baseline, two parallel `psql \\copy ... TO STDOUT (FORMAT binary) | psql \\copy ... FROM STDIN
+(FORMAT binary)` pipes over the same rows, each into an identical empty target, in turns.
+
+Usage: python bench/copy_throughput.py [--runs 3] [--scale large]
+Last line: ratio=<orgmove rows/s / baseline rows/s> (goal >= 0.95 on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    BenchCells,
+    make_plan,
+    median,
+    orgmove_argv,
+    run_measured,
+    start_cells,
+)
+
+from orgmove.chunking import WHOLE, KeyRange, boundaries_query, select_chunk
+from orgmove.plan import Plan, Step, split_table
+
+
+def _halves(cells: BenchCells, plan: Plan, step: Step) -> list[KeyRange]:
+    """Split a table's org rows in two by key, as a careful operator would for two pipes."""
+    import psycopg
+
+    if not step.key or step.self_referencing:
+        return [WHOLE]
+    with psycopg.connect(cells.dsn("cell-1", "gitlab")) as conn:
+        n = conn.execute(f"SELECT count(*) FROM ({select_chunk(step, plan.root, plan.org, WHOLE).as_string(conn)}) s").fetchone()[0]  # type: ignore[index]
+        if n < 2:
+            return [WHOLE]
+        rows = conn.execute(boundaries_query(step, plan.root, plan.org, (n + 1) // 2)).fetchall()
+    middle = tuple(rows[0]) if rows else None
+    return [KeyRange(None, middle), KeyRange(middle, None)] if middle else [WHOLE]
+
+
+def baseline_jobs(cells: BenchCells, plan: Plan) -> list[tuple[Step, str]]:
+    jobs = []
+    for step in plan.steps:
+        for r in _halves(cells, plan, step):
+            jobs.append((step, select_chunk(step, plan.root, plan.org, r).as_string(None)))
+    return jobs
+
+
+def run_baseline(cells: BenchCells, plan: Plan, jobs: list[tuple[Step, str]], target_db: str) -> float:
+    """Two pipes at a time; a table starts when the tables it references are complete."""
+    src = cells.dsn("cell-1", "gitlab")
+    dst = cells.dsn("cell-2", target_db)
+    remaining = {s.table: sum(1 for j in jobs if j[0].table == s.table) for s in plan.steps}
+    planned = set(remaining)
+    pending = list(jobs)
+    running: list[tuple[Step, subprocess.Popen[bytes], subprocess.Popen[bytes]]] = []
+    t = time.monotonic()
+    while pending or running:
+        for item in list(running):
+            step, p1, p2 = item
+            if p2.poll() is not None:
+                p1.wait()
+                if p1.returncode or p2.returncode:
+                    raise SystemExit(f"baseline pipe for {step.table} failed")
+                running.remove(item)
+                remaining[step.table] -= 1
+        while len(running) < 2:
+            ready = [j for j in pending
+                     if all(remaining[d] == 0 for d in j[0].depends_on if d in planned and d != j[0].table)]
+            if not ready:
+                break
+            job = ready[0]
+            pending.remove(job)
+            step, select = job
+            schema, name = split_table(step.table)
+            cols = ", ".join(f'"{c}"' for c in step.columns)
+            out_cmd = ["psql", "-X", "-q", src, "-c", f"\\copy ({select}) TO STDOUT (FORMAT binary)"]
+            in_cmd = ["psql", "-X", "-q", dst, "-c", f'\\copy "{schema}"."{name}" ({cols}) FROM STDIN (FORMAT binary)']
+            p1 = subprocess.Popen(out_cmd, stdout=subprocess.PIPE)
+            p2 = subprocess.Popen(in_cmd, stdin=p1.stdout, stdout=subprocess.DEVNULL)
+            assert p1.stdout is not None
+            p1.stdout.close()
+            running.append((step, p1, p2))
+        time.sleep(0.002)
+    return time.monotonic() - t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scale", default="large")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    cells = start_cells(args.scale)
+    work = Path(tempfile.mkdtemp(prefix="orgmove-bench-copy-"))
+    plan, plan_path = make_plan(cells, work)
+    rows = sum(s.estimated_rows for s in plan.steps)
+    jobs = baseline_jobs(cells, plan)
+    om_times: list[float] = []
+    base_times: list[float] = []
+    ratios: list[float] = []
+    peak_rss = 0
+    copied_rows = 0
+    copied_bytes = 0
+    for i in range(args.runs):
+        cells.fresh_target("bench_om")
+        cfg = cells.config_for("bench_om", work / "om.toml")
+        wall, rss, out, _ = run_measured(orgmove_argv("--config", str(cfg), "copy", str(plan_path),
+                                                      "--workers", str(args.workers), "--json"))
+        import json
+
+        doc = json.loads(out)
+        copied_rows, copied_bytes = doc["rows"], doc["bytes"]
+        peak_rss = max(peak_rss, rss)
+        cells.drop("bench_om")
+        cells.fresh_target("bench_base")
+        base = run_baseline(cells, plan, jobs, "bench_base")
+        cells.drop("bench_base")
+        om_times.append(wall)
+        base_times.append(base)
+        ratios.append(base / wall)
+        print(f"run {i + 1}: orgmove {wall:.2f}s ({copied_rows / wall:,.0f} rows/s), "
+              f"psql pipes {base:.2f}s ({copied_rows / base:,.0f} rows/s), ratio {base / wall:.3f}")
+    om, base = median(om_times), median(base_times)
+    mb = copied_bytes / 1e6
+    print(f"rows={copied_rows} (plan estimate {rows}) bytes={copied_bytes}")
+    print(f"orgmove:  median {om:.2f}s  {copied_rows / om:,.0f} rows/s  {mb / om:,.1f} MB/s  peak_rss={peak_rss}MB")
+    print(f"baseline: median {base:.2f}s  {copied_rows / base:,.0f} rows/s  {mb / base:,.1f} MB/s")
+    print(f"peak_rss_mb={peak_rss}")
+    print(f"ratio={median(ratios):.3f}")
+    cells.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
