@@ -46,6 +46,8 @@ from orgmove.obs import METRICS, NullProgress, ProgressSink, log
 from orgmove.plan import Plan, Step, table_ident
 
 MAX_SYNC_ROUNDS = 6
+PRESYNC_MAX_ROUNDS = 3
+PRESYNC_SETTLED_CHUNKS = 4
 
 
 @dataclass
@@ -194,23 +196,36 @@ def checksum_round(ctx: MoveContext, work: list[tuple[Step, int, KeyRange]], wor
 
 def sync_until_clean(ctx: MoveContext, dst: psycopg.Connection[Any], options: CutoverOptions,
                      progress: ProgressSink, deadline: float | None, report: CutoverReport,
-                     generation_base: int) -> tuple[bool, float, Any]:
+                     generation_base: int, *, fenced: bool = False) -> tuple[bool, float, Any]:
+    """Checksum rounds, re-copying dirty chunks, until a round is clean. Returns (clean, seconds of
+    the first full round, the last round's report).
+
+    Under the fence nothing changes on the source any more, so after one full round only the
+    chunks just re-copied need checking again: the final verify is that full round plus the
+    re-check of every chunk it found dirty."""
     from orgmove.copy import resync_chunks
 
     work = _all_chunks(ctx, dst)
     last_verify = None
-    seconds = 0.0
+    full_round_s = 0.0
     for round_no in range(1, MAX_SYNC_ROUNDS + 1):
         dirty, seconds, last_verify = checksum_round(ctx, work, options.workers, progress)
+        if round_no == 1 or not fenced:
+            full_round_s = seconds
         report.sync_rounds += 1
         if not dirty:
-            return True, seconds, last_verify
+            return True, full_round_s, last_verify
         if deadline is not None and time.monotonic() > deadline:
-            return False, seconds, last_verify
+            return False, full_round_s, last_verify
         log(logging.INFO, f"sync round {round_no}: re-copying {len(dirty)} dirty chunks",
             move=ctx.plan.move_key)
         report.rows_resynced += resync_chunks(ctx, dirty, generation=generation_base + round_no)
-    return False, seconds, last_verify
+        if fenced:
+            work = dirty
+        elif len(dirty) <= PRESYNC_SETTLED_CHUNKS or round_no >= PRESYNC_MAX_ROUNDS:
+            # While writable, writes keep dirtying chunks: stop once what is left is small.
+            return False, full_round_s, last_verify
+    return False, full_round_s, last_verify
 
 
 # --- cutover ---------------------------------------------------------------------------------------
@@ -331,7 +346,8 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
             # 3-4. sync until clean: the last clean round is the final verify.
             t_sync = time.monotonic()
             deadline = t_fence + options.max_freeze_s
-            clean, verify_s, final = sync_until_clean(ctx, dst, options, progress, deadline, report, 2000)
+            clean, verify_s, final = sync_until_clean(ctx, dst, options, progress, deadline, report, 2000,
+                                                      fenced=True)
             report.verify_seconds = verify_s
             report.steps.append({"step": "sync", "seconds": time.monotonic() - t_sync,
                                  "detail": f"final verify {verify_s:.3f}s"})
