@@ -86,7 +86,7 @@ def start_cells(scale: str = "large") -> BenchCells:
         c.start()
     cells = BenchCells(clusters, scale)
     if not marker.exists():
-        for name, c in clusters.items():
+        for c in clusters.values():
             admin = c.dsn("postgres")
             with psycopg.connect(admin, autocommit=True) as conn:
                 for db in (SOURCE_DB, TEMPLATE_DB):

@@ -22,6 +22,7 @@ from common import (
     run_measured,
     start_cells,
 )
+from psycopg import sql
 
 from orgmove.chunking import WHOLE, KeyRange, boundaries_query, select_chunk
 from orgmove.plan import Plan, Step, split_table
@@ -34,7 +35,9 @@ def _halves(cells: BenchCells, plan: Plan, step: Step) -> list[KeyRange]:
     if not step.key or step.self_referencing:
         return [WHOLE]
     with psycopg.connect(cells.dsn("cell-1", "gitlab")) as conn:
-        n = conn.execute(f"SELECT count(*) FROM ({select_chunk(step, plan.root, plan.org, WHOLE).as_string(conn)}) s").fetchone()[0]  # type: ignore[index]
+        whole = select_chunk(step, plan.root, plan.org, WHOLE)
+        row = conn.execute(sql.SQL("SELECT count(*) FROM ({}) s").format(whole)).fetchone()
+        n = row[0] if row else 0
         if n < 2:
             return [WHOLE]
         rows = conn.execute(boundaries_query(step, plan.root, plan.org, (n + 1) // 2)).fetchall()
