@@ -262,7 +262,7 @@ def copy(
         workers=workers or d.workers,
         chunk_rows=chunk_rows or d.chunk_rows,
         rate_rows_per_s=rate or d.rate_rows_per_s,
-        max_replica_lag_s=_lag_threshold(config, the_plan.to_cell),
+        max_replica_lag_s=config.replica_lag_threshold(the_plan.to_cell),
         dry_run=dry_run,
     )
     report = run_copy(the_plan, config, options, make_progress(_progress_enabled()))
@@ -285,13 +285,6 @@ def copy(
         out.print(f"next: orgmove verify {plan_file}")
 
     emit({"command": "copy", **report.to_json()}, human)
-
-
-def _lag_threshold(config: Config, cell: str) -> float:
-    cell_conf = config.cells.get(cell)
-    if cell_conf is not None and cell_conf.max_replica_lag_s is not None:
-        return cell_conf.max_replica_lag_s
-    return config.defaults.max_replica_lag_s
 
 
 # --- verify --------------------------------------------------------------------------------------

@@ -103,6 +103,13 @@ class Config(BaseModel):
             )
         return value
 
+    def replica_lag_threshold(self, cell: str) -> float:
+        """Seconds of replica lag on ``cell`` above which a copy pauses."""
+        cell_conf = self.cells.get(cell)
+        if cell_conf is not None and cell_conf.max_replica_lag_s is not None:
+            return cell_conf.max_replica_lag_s
+        return self.defaults.max_replica_lag_s
+
     def topology_token(self) -> str | None:
         if self.topology is None:
             return None

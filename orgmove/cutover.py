@@ -7,7 +7,8 @@ Cutover (DESIGN.md section 6, ADR 0002):
  2. fence: the org turns ``read_only`` in the Topology Service, then the write fence on the source
     Cell: the exclusive advisory lock waits for every in-flight writer (the drain), the fence row
     makes every later writer fail;
- 3. sync: re-checksum every chunk, re-copy dirty ones, until clean (the final verify);
+ 3. sync: one full checksum round, re-copy the dirty chunks, re-check only those (nothing changes
+    under the fence) until clean: that is the final verify;
  4. commit: the Topology Service moves all of the org's claims to the target with compare-and-swap
     on the fencing token; the target is the owner and writable;
  5. the freeze window (fence to commit) is reported and recorded.
@@ -100,6 +101,12 @@ class CutoverReport:
         lines.append(f"freeze window: {self.freeze_window_s:.3f}s (fence to commit)")
         lines.append(f"next: orgmove cleanup PLAN  (deletes the org's rows from {self.from_cell})")
         return "\n".join(lines)
+
+
+def freeze_estimate(full_checksum_s: float) -> float:
+    """The write freeze to expect: one full checksum round under the fence, the re-copy and
+    re-check of what writes dirtied since the pre-sync, and the fence and flip themselves."""
+    return full_checksum_s * 1.5 + 1.0
 
 
 def _topology(config: Config) -> Any:
@@ -305,7 +312,7 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
             dirty, seconds, _ = checksum_round(ctx, _all_chunks(ctx, dst), options.workers, progress)
             report.checks["verify clean now"] = not dirty
             report.checks["dirty chunks now"] = len(dirty)
-            report.checks["estimated freeze s"] = round(seconds * (1.5 if dirty else 1.1), 3)
+            report.checks["estimated freeze s"] = round(freeze_estimate(seconds), 3)
             report.checks["fits --max-freeze"] = report.checks["estimated freeze s"] <= options.max_freeze_s
             return report
 
@@ -314,7 +321,7 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
         clean, verify_s, _ = sync_until_clean(ctx, dst, options, progress, None, report, 1000)
         report.steps.append({"step": "pre-sync", "seconds": time.monotonic() - t0,
                              "detail": f"{report.sync_rounds} rounds, {report.rows_resynced} rows"})
-        estimate = verify_s * 1.5 + 1.0
+        estimate = freeze_estimate(verify_s)
         if estimate > options.max_freeze_s:
             raise CutoverAborted(
                 f"the write freeze would take about {estimate:.1f}s (a checksum pass takes "
@@ -536,6 +543,9 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                         f"rollback would delete its live rows there",
                         fix="a move back is a new move; nothing was deleted",
                     )
+        if config.topology is None:
+            log(logging.WARNING, "no Topology Service configured: rollback cannot check who owns the "
+                "organization; it trusts the move state on the target", move=plan.move_key)
         if has_fence(src, str(plan.org)):
             lift_fence(src, str(plan.org))
         for step in reversed(plan.steps):

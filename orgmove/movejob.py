@@ -90,7 +90,7 @@ def run_move(
     copy_report = run_copy(plan, config, CopyOptions(workers=workers,
                                                       chunk_rows=config.defaults.chunk_rows,
                                                       rate_rows_per_s=config.defaults.rate_rows_per_s,
-                                                      max_replica_lag_s=config.defaults.max_replica_lag_s),
+                                                      max_replica_lag_s=config.replica_lag_threshold(to_cell)),
                            progress)
     seconds["copy"] = time.monotonic() - t
 
@@ -107,7 +107,7 @@ def run_move(
     t = time.monotonic()
     say("[4/4] cutover")
     cut = run_cutover(plan, config, CutoverOptions(max_freeze_s=max_freeze_s, workers=workers), progress)
+    seconds["cutover"] = time.monotonic() - t
     for step, secs in seconds.items():
         METRICS.step_seconds.labels(step).observe(secs)
-    seconds["cutover"] = time.monotonic() - t
     return MoveSummary(str(path), copy_report, verify_report, cut, seconds)

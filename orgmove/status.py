@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import psycopg
+
 from orgmove import db, state
 from orgmove.config import Config
 from orgmove.errors import OrgmoveError
@@ -47,6 +49,8 @@ def move_status(config: Config, *, plan: Plan | None = None, org: str | None = N
                 moves += [_describe(conn, m) for m in found]
         except OrgmoveError as exc:
             unreachable[cell] = exc.message
+        except psycopg.Error as exc:  # e.g. a least-privileged role that may not read the state
+            unreachable[cell] = db.translate(exc, cell=cell).message
     doc: dict[str, Any] = {"org": org_key, "moves": moves, "unreachable_cells": unreachable,
                            "owner": None, "org_state": None, "lease": None}
     if config.topology is not None:

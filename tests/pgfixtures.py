@@ -27,6 +27,8 @@ from orgmove.pgcluster import LocalCluster, find_pg_bin, free_port
 
 CELL_NAMES = ("cell-1", "cell-2")
 TOPOLOGY = "topology"
+# Distinctive, so that a test can prove it never appears in any output or log.
+TEST_PASSWORD = "pw-7Q2x-test-only"
 
 
 class Server(Protocol):
@@ -38,7 +40,7 @@ class Server(Protocol):
 @dataclass
 class ContainerServer:
     container: Any
-    password: str = "orgmove"
+    password: str = TEST_PASSWORD
 
     def dsn(self, dbname: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
         host = self.container.get_container_host_ip()
@@ -90,7 +92,7 @@ def _start_local(base: Path) -> dict[str, Server]:
         pytest.exit(f"cannot start test Cells: {exc}", returncode=2)
     started: dict[str, Server] = {}
     for name in (*CELL_NAMES, TOPOLOGY):
-        cluster = LocalCluster(base / name, free_port())
+        cluster = LocalCluster(base / name, free_port(), password=TEST_PASSWORD)
         try:
             cluster.start()
         except OrgmoveError as exc:
@@ -106,7 +108,7 @@ def _start_docker() -> dict[str, Server]:
 
     started: dict[str, Server] = {}
     for name in (*CELL_NAMES, TOPOLOGY):
-        container = PostgresContainer("postgres:15", username="postgres", password="orgmove")
+        container = PostgresContainer("postgres:15", username="postgres", password=TEST_PASSWORD)
         container.start()
         started[name] = ContainerServer(container)
     return started
