@@ -220,13 +220,10 @@ def plan(
 def _owner_lookup(config: Config) -> Any:
     if config.topology is None:
         return None
-    from orgmove.topology.client import TopologyClient
-
-    topology = config.topology
-    token = config.topology_token()
+    from orgmove.topology.client import client_from_config
 
     def owner_of(org: Any) -> str | None:
-        with TopologyClient(topology.url, token, topology.timeout_s) as client:
+        with client_from_config(config) as client:
             return client.owner_of_org(org)
 
     return owner_of

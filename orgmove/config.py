@@ -58,6 +58,7 @@ class TopologyConfig(BaseModel):
     token: str | None = None
     token_env: str | None = None
     timeout_s: float = 10.0
+    retry_deadline_s: float = 30.0  # how long transient failures of the service are retried
 
 
 class Defaults(BaseModel):

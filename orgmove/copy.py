@@ -463,7 +463,7 @@ class CopyRun:
                     METRICS.retries.inc()
                     METRICS.chunks_failed.inc()
                     cells = f"{self.ctx.source}->{self.ctx.target}"
-                    log(logging.WARNING, f"chunk failed, retrying: {db.translate_any(exc, cell=cells)}",
+                    log(logging.WARNING, f"chunk failed, retrying: {db.translate(exc, cell=cells)}",
                         table=task.step.table, chunk=task.chunk_no, attempt=attempt)
 
                 async def attempt(task: ChunkTask = task) -> tuple[int, int] | None:
@@ -476,7 +476,7 @@ class CopyRun:
                 try:
                     result = await retry_async(attempt, self.options.retry, on_retry=on_retry)
                 except Exception as exc:
-                    error = db.translate_any(exc, cell=f"{self.ctx.source}->{self.ctx.target}")
+                    error = db.translate(exc, cell=f"{self.ctx.source}->{self.ctx.target}")
                     failure = CopyFailed(
                         f"copy of {task.step.table} chunk {task.chunk_no} failed: {error.message}",
                         fix="fix the cause and run the same `orgmove copy` again: it resumes "
@@ -803,4 +803,4 @@ def resync_chunks(
     except OrgmoveError:
         raise
     except Exception as exc:
-        raise db.translate_any(exc, cell=f"{ctx.source}->{ctx.target}", what="sync") from exc
+        raise db.translate(exc, cell=f"{ctx.source}->{ctx.target}", what="sync") from exc

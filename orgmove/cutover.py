@@ -110,14 +110,14 @@ def freeze_estimate(full_checksum_s: float) -> float:
 
 
 def _topology(config: Config) -> Any:
-    from orgmove.topology.client import TopologyClient
+    from orgmove.topology.client import client_from_config
 
     if config.topology is None:
         raise BadInput(
             "cutover needs the Topology Service, and the config has no [topology] section",
             fix="add [topology] url = ... (and token_env) to the config",
         )
-    return TopologyClient(config.topology.url, config.topology_token(), config.topology.timeout_s)
+    return client_from_config(config)
 
 
 def _org_int(plan: Plan) -> int:

@@ -103,76 +103,67 @@ def connect(
         raise translate(exc, cell=cell, dsn=dsn) from exc
 
 
-async def connect_async(
-    dsn: str,
-    *,
-    cell: str,
-    application_name: str,
-    autocommit: bool = False,
-    statement_timeout_s: float = 0,
-    lock_timeout_s: float = 5.0,
-    connect_timeout_s: int = 10,
-) -> psycopg.AsyncConnection[Any]:
-    params = connect_kwargs(
-        dsn,
-        application_name=application_name,
-        statement_timeout_s=statement_timeout_s,
-        lock_timeout_s=lock_timeout_s,
-        connect_timeout_s=connect_timeout_s,
-    )
-    try:
-        return await psycopg.AsyncConnection.connect(autocommit=autocommit, **params)
-    except psycopg.Error as exc:
-        raise translate(exc, cell=cell, dsn=dsn) from exc
-
-
 def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: lost connections, restarts, serialization failures, deadlocks. Takes
+    psycopg, asyncpg and orgmove errors alike."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_transient(e) for e in exc.exceptions)
     # Unreachable *now* (a restart, a failover) is worth retrying once work is under way.
     if isinstance(exc, TransientError | CellUnreachable):
         return True
     if isinstance(exc, OrgmoveError):
         return False
-    if not isinstance(exc, psycopg.Error):
-        return isinstance(exc, ConnectionError | TimeoutError)
-    state = exc.sqlstate or ""
+    state = getattr(exc, "sqlstate", None) or ""
     if state:
-        return state.startswith(TRANSIENT_SQLSTATE_PREFIXES)
-    # No SQLSTATE: the connection itself broke (reset, server gone, closed under us).
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return str(state).startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    if isinstance(exc, psycopg.Error):
+        # No SQLSTATE: the connection itself broke (reset, server gone, closed under us).
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    import asyncpg
+
+    if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError | asyncpg.InterfaceError):
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
 
 
 def translate(exc: BaseException, *, cell: str, dsn: str | None = None, what: str = "") -> OrgmoveError:
-    """Translate a driver error into the project's exception tree."""
+    """Translate a psycopg or asyncpg error into the project's exception tree."""
     if isinstance(exc, OrgmoveError):
         return exc
     text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     where = f" ({what})" if what else ""
-    if isinstance(exc, psycopg.OperationalError) and not getattr(exc, "sqlstate", None):
-        lowered = text.lower()
-        if "password authentication failed" in lowered or "authentication failed" in lowered:
-            return AuthenticationFailed(
-                f"cell {cell!r} refused the login: {text}",
-                fix=f"check the user and password in the DSN of cell {cell!r}",
-            )
-        if any(s in lowered for s in ("connection refused", "could not connect", "timeout expired",
-                                        "could not translate host", "no such file", "connection to server")):
-            if not _connection_was_established(exc):
-                host = _host_of(dsn)
-                return CellUnreachable(
-                    f"cell {cell!r} is unreachable{' at ' + host if host else ''}: {text}",
-                    fix=f"check that the Cell's PostgreSQL is up and the DSN of cell {cell!r} is right",
-                )
-    state = getattr(exc, "sqlstate", None) or ""
-    if state == "28P01" or state == "28000":
+    state = str(getattr(exc, "sqlstate", None) or "")
+    lowered = text.lower()
+    if state in ("28P01", "28000") or (not state and "authentication failed" in lowered):
         return AuthenticationFailed(
             f"cell {cell!r} refused the login: {text}",
             fix=f"check the user and password in the DSN of cell {cell!r}",
         )
     if state == INSUFFICIENT_PRIVILEGE:
         return permission_denied(cell, where, text)
+    if not state and _never_connected(exc, lowered, dsn):
+        host = _host_of(dsn)
+        return CellUnreachable(
+            f"cell {cell!r} is unreachable{' at ' + host if host else ''}: {text}",
+            fix=f"check that the Cell's PostgreSQL is up and the DSN of cell {cell!r} is right",
+        )
     if is_transient(exc):
         return TransientError(f"transient error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
     return PermanentError(f"error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
+
+
+_UNREACHABLE_TEXTS = ("connection refused", "could not connect", "timeout expired", "could not translate host",
+                      "no such file", "connection to server", "connect call failed")
+
+
+def _never_connected(exc: BaseException, lowered: str, dsn: str | None) -> bool:
+    """A connection attempt that failed (as opposed to an established connection that broke)."""
+    if isinstance(exc, psycopg.OperationalError):
+        return any(t in lowered for t in _UNREACHABLE_TEXTS) and not _connection_was_established(exc)
+    if isinstance(exc, psycopg.Error):
+        return False
+    return dsn is not None and isinstance(exc, OSError)
 
 
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -242,7 +233,7 @@ async def connect_data_plane(
             statement_cache_size=0,
         )
     except Exception as exc:
-        raise translate_any(exc, cell=cell, dsn=dsn) from exc
+        raise translate(exc, cell=cell, dsn=dsn) from exc
 
 
 def _asyncpg_dsn(dsn: str) -> str:
@@ -262,45 +253,3 @@ def _uri_from_params(params: dict[str, Any]) -> str:
     port = params.get("port", 5432)
     db = quote(str(params.get("dbname", "")), safe="")
     return f"postgresql://{auth}{host}:{port}/{db}"
-
-
-def translate_any(exc: BaseException, *, cell: str, dsn: str | None = None, what: str = "") -> OrgmoveError:
-    """Translate a psycopg *or* asyncpg error."""
-    if isinstance(exc, OrgmoveError):
-        return exc
-    if isinstance(exc, psycopg.Error):
-        return translate(exc, cell=cell, dsn=dsn, what=what)
-    text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    where = f" ({what})" if what else ""
-    state = getattr(exc, "sqlstate", None) or ""
-    if state in ("28P01", "28000"):
-        return AuthenticationFailed(
-            f"cell {cell!r} refused the login: {text}",
-            fix=f"check the user and password in the DSN of cell {cell!r}",
-        )
-    if state == INSUFFICIENT_PRIVILEGE:
-        return permission_denied(cell, where, text)
-    if isinstance(exc, ConnectionRefusedError | OSError) and not state and dsn is not None:
-        host = _host_of(dsn)
-        return CellUnreachable(
-            f"cell {cell!r} is unreachable{' at ' + host if host else ''}: {text}",
-            fix=f"check that the Cell's PostgreSQL is up and the DSN of cell {cell!r} is right",
-        )
-    if is_transient_any(exc):
-        return TransientError(f"transient error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
-    return PermanentError(f"error on cell {cell!r}{where}: {text}", details={"sqlstate": state})
-
-
-def is_transient_any(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(is_transient_any(e) for e in exc.exceptions)
-    if isinstance(exc, psycopg.Error | OrgmoveError):
-        return is_transient(exc)
-    state = getattr(exc, "sqlstate", None)
-    if state:
-        return str(state).startswith(TRANSIENT_SQLSTATE_PREFIXES)
-    import asyncpg
-
-    if isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError | asyncpg.InterfaceError):
-        return True
-    return isinstance(exc, ConnectionError | TimeoutError | OSError)

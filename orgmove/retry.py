@@ -17,7 +17,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from orgmove.db import is_transient_any
+from orgmove.db import is_transient
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ def retry_sync(
     *,
     sleep: Callable[[float], None] | None = None,
     on_retry: Callable[[BaseException, int], None] | None = None,
-    is_retryable: Callable[[BaseException], bool] = is_transient_any,
+    is_retryable: Callable[[BaseException], bool] = is_transient,
 ) -> T:
     kwargs = {"sleep": sleep} if sleep is not None else {}
     retrying = Retrying(
@@ -65,7 +65,7 @@ async def retry_async(
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_retry: Callable[[BaseException, int], None] | None = None,
-    is_retryable: Callable[[BaseException], bool] = is_transient_any,
+    is_retryable: Callable[[BaseException], bool] = is_transient,
 ) -> T:
     retrying = AsyncRetrying(
         retry=retry_if_exception(is_retryable),

@@ -54,9 +54,9 @@ def move_status(config: Config, *, plan: Plan | None = None, org: str | None = N
     doc: dict[str, Any] = {"org": org_key, "moves": moves, "unreachable_cells": unreachable,
                            "owner": None, "org_state": None, "lease": None}
     if config.topology is not None:
-        from orgmove.topology.client import TopologyClient
+        from orgmove.topology.client import client_from_config
 
-        client = TopologyClient(config.topology.url, config.topology_token(), config.topology.timeout_s)
+        client = client_from_config(config)
         try:
             org_int = int(org_key)
             with contextlib.suppress(OrgmoveError):

@@ -195,7 +195,7 @@ class Side:
         try:
             return list(await conn.fetch(query))
         except Exception as exc:
-            raise db.translate_any(exc, cell=self.cell, what="verify") from exc
+            raise db.translate(exc, cell=self.cell, what="verify") from exc
         finally:
             self.pool.put_nowait(conn)
 

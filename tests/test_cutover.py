@@ -211,3 +211,74 @@ def test_rollback_api(world: World) -> None:
     plan, _ = _copied(world)
     doc = run_rollback(plan, world.config)
     assert doc["owner"] == "cell-1"
+
+
+def test_topology_down_during_cutover_org_stays_on_source_then_rerun_completes(
+    cells, pg_servers, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from orgmove import state
+    from orgmove.pgcluster import free_port
+    from orgmove.topology.client import TopologyClient, seed_claims
+    from tests.helpers import REPO
+
+    for name in cells.names:
+        with psycopg.connect(cells.dsn(name), autocommit=True) as conn:
+            state.install_cell_schema(conn)
+    dbname = pg_servers.create_db("topology", prefix="topodown")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    token = "topology-down-test-token"
+    env = {**os.environ, "ORGMOVE_TOPOLOGY_TOKEN": token,
+           "ORGMOVE_TOPOLOGY_DSN": pg_servers.admin_dsn("topology", dbname)}
+
+    def serve() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "orgmove", "topology", "serve", "--listen",
+                                 f"127.0.0.1:{port}"], env=env, cwd=str(REPO),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with TopologyClient(url, token, retry_deadline_s=20) as c:
+            c.health()
+        return proc
+
+    server = serve()
+    client = TopologyClient(url, token, retry_deadline_s=20)
+    try:
+        for name in cells.names:
+            client.register_cell(name, f"{name}.example:5432")
+        seed_claims(client, cells.dsns)
+        text = cells.config_path.read_text()
+        text += (f'\n[topology]\nurl = "{url}"\ntoken = "{token}"\nretry_deadline_s = 2\n'
+                 f'\n[defaults]\nplans_dir = "{tmp_path / "plans"}"\nlease_ttl_s = 4\n')
+        cells.config_path.write_text(text)
+        plan, path = make_plan(cells)
+        from orgmove.config import load_config
+
+        run_copy(plan, load_config(cells.config_path), CopyOptions(workers=2, chunk_rows=25))
+        proc = orgmove_popen("--config", str(cells.config_path), "cutover", str(path), "--yes",
+                             env={"ORGMOVE_FAILPOINTS": "cutover.after_fence=sleep(2)"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and client.org_state(1) != "read_only":
+            time.sleep(0.05)
+        assert client.org_state(1) == "read_only"
+        server.kill()
+        server.wait()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err
+        assert "aborted" in err and "Traceback" not in err
+        assert can_write(cells.dsn("cell-1"), 1)  # the source fence was lifted
+        server = serve()
+        deadline = time.monotonic() + 30  # the service's reaper aborts the expired move
+        while time.monotonic() < deadline and client.org_state(1) != "active":
+            time.sleep(0.2)
+        assert client.owner_of_org(1) == "cell-1" and client.org_state(1) == "active"
+        rerun = orgmove_cli("--config", str(cells.config_path), "cutover", str(path), "--yes")
+        assert rerun.returncode == 0, rerun.stderr
+        assert client.owner_of_org(1) == "cell-2"
+    finally:
+        client.close()
+        server.kill()
+        server.wait()
+        pg_servers.drop_db("topology", dbname)

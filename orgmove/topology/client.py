@@ -22,9 +22,11 @@ import httpx
 import tenacity
 from pydantic import BaseModel
 
+from orgmove.config import Config
 from orgmove.db import connect
 from orgmove.errors import (
     AuthenticationFailed,
+    BadInput,
     OrgmoveError,
     PermanentError,
     TopologyRefused,
@@ -408,6 +410,16 @@ def _org_id(org_id: int | str) -> int:
         "by id",
         fix="give the organization's numeric id",
     )
+
+
+def client_from_config(config: Config) -> TopologyClient:
+    """The client for the config's [topology] section (the caller checks it exists)."""
+    topo = config.topology
+    if topo is None:
+        raise BadInput("the config has no [topology] section",
+                       fix="add [topology] url = ... (and token_env) to the config")
+    return TopologyClient(topo.url, config.topology_token(), topo.timeout_s,
+                          retry_deadline_s=topo.retry_deadline_s)
 
 
 def _dump(record: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
