@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean postgres
+.PHONY: demo test lint typecheck bench clean postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy orgmove
+	$(BIN)/mypy --strict orgmove
 
+# Each benchmark prints a ratio against a baseline measured in the same run (see README).
 bench: $(STAMP) postgres
 	$(BIN)/python bench/seed_speed.py
+	cd bench && ../$(BIN)/python copy_throughput.py
+	cd bench && ../$(BIN)/python verify_speed.py
+	cd bench && ../$(BIN)/python cutover_window.py
+	cd bench && ../$(BIN)/python driver_stream.py
 
 clean:
 	rm -rf $(VENV) .orgmove .pytest_cache .mypy_cache .ruff_cache

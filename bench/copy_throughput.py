@@ -97,12 +97,24 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scale", default="large")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["orgmove", "baseline"],
+                        help="run one side once into a fresh target (for timing with an external tool)")
     args = parser.parse_args()
     cells = start_cells(args.scale)
     work = Path(tempfile.mkdtemp(prefix="orgmove-bench-copy-"))
     plan, plan_path = make_plan(cells, work)
-    rows = sum(s.estimated_rows for s in plan.steps)
     jobs = baseline_jobs(cells, plan)
+    if args.only:  # the same set-up on both sides, so that only the copy differs
+        target = f"bench_only_{args.only}"
+        cells.fresh_target(target)
+        if args.only == "orgmove":
+            cfg = cells.config_for(target, work / "only.toml")
+            run_measured(orgmove_argv("--config", str(cfg), "copy", str(plan_path), "--workers", str(args.workers)))
+        else:
+            run_baseline(cells, plan, jobs, target)
+        cells.drop(target)
+        return 0
+    rows = sum(s.estimated_rows for s in plan.steps)
     om_times: list[float] = []
     base_times: list[float] = []
     ratios: list[float] = []
