@@ -89,3 +89,22 @@ def test_rate_limit_bounds_the_copy_speed(cells) -> None:
     # A lower bound only: the limiter may never let the copy run faster than the rate.
     assert report.rows > 200
     assert elapsed >= (report.rows - 20) / 400
+
+
+def test_permanent_error_stops_naming_table_chunk_and_cause_then_resumes(cells) -> None:
+    from tests.helpers import orgmove_cli
+
+    plan, path = make_plan(cells)
+    # Something the plan's fingerprint does not cover and the target refuses: a CHECK constraint.
+    with psycopg.connect(cells.dsn("cell-2")) as conn:
+        conn.execute("ALTER TABLE issues ADD CONSTRAINT no_long_titles CHECK (length(title) < 3) NOT VALID")
+    args = ("--config", str(cells.config_path), "copy", str(path), "--chunk-rows", "20")
+    failed = orgmove_cli(*args)
+    assert failed.returncode == 1, failed.stderr
+    assert "public.issues chunk" in failed.stderr and "no_long_titles" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    with psycopg.connect(cells.dsn("cell-2")) as conn:
+        conn.execute("ALTER TABLE issues DROP CONSTRAINT no_long_titles")
+    resumed = orgmove_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert org_checksums(cells.dsn("cell-2"), plan) == org_checksums(cells.dsn("cell-1"), plan)

@@ -12,6 +12,7 @@ import pytest
 from orgmove.config import load_config
 from orgmove.pgcluster import LocalCluster, free_port
 from tests.helpers import orgmove_cli
+from tests.test_operator_experience import _strip_data_maps, assert_same_shape, documented
 
 
 def test_local_cluster_starts_stops_and_restarts(tmp_path: Path) -> None:
@@ -42,6 +43,7 @@ def test_sandbox_up_twice_seed_env_down(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     try:
         doc = json.loads(first.stdout)
+        assert_same_shape(doc, documented("sandbox up"), "sandbox up")
         assert all(c["running"] for c in doc["cells"].values()) and doc["topology"]["running"]
         again = orgmove_cli("sandbox", "up", "--dir", str(box), "--json")
         assert again.returncode == 0, again.stderr
@@ -52,6 +54,8 @@ def test_sandbox_up_twice_seed_env_down(tmp_path: Path) -> None:
         assert (box / "orgmove.toml").stat().st_mode & 0o077 == 0
         seeded = orgmove_cli("sandbox", "seed", "--dir", str(box), "--scale", "tiny", "--json")
         assert seeded.returncode == 0, seeded.stderr
+        assert_same_shape(_strip_data_maps(json.loads(seeded.stdout)),
+                          _strip_data_maps(documented("sandbox seed")), "sandbox seed")
         for cell in ("cell-1", "cell-2"):
             with psycopg.connect(config.cell_dsn(cell)) as conn:
                 assert conn.execute("SELECT count(*) FROM organizations").fetchone()[0] >= 1  # type: ignore[index]
