@@ -56,29 +56,23 @@ def _is_text(type_name: str) -> bool:
     return base in TEXT_TYPES
 
 
+def _ordered_row(step: Step, exprs: list[sql.Composable]) -> sql.Composable:
+    """One expression per key column, text ones under COLLATE "C"; a row value when composite."""
+    parts = [
+        sql.SQL('{} COLLATE "C"').format(e) if _is_text(t) else e
+        for e, t in zip(exprs, step.key_types, strict=True)
+    ]
+    return parts[0] if len(parts) == 1 else sql.SQL("ROW({})").format(sql.SQL(", ").join(parts))
+
+
 def key_expr(step: Step) -> sql.Composable:
-    """The step's key as an orderable expression (a row value when composite)."""
-    parts: list[sql.Composable] = []
-    for col, typ in zip(step.key, step.key_types, strict=True):
-        ident: sql.Composable = sql.Identifier(col)
-        if _is_text(typ):
-            ident = sql.SQL('{} COLLATE "C"').format(ident)
-        parts.append(ident)
-    if len(parts) == 1:
-        return parts[0]
-    return sql.SQL("ROW({})").format(sql.SQL(", ").join(parts))
+    """The step's key as an orderable expression."""
+    return _ordered_row(step, [sql.Identifier(c) for c in step.key])
 
 
 def _bound_expr(step: Step, values: KeyValues) -> sql.Composable:
-    parts: list[sql.Composable] = []
-    for value, typ in zip(values, step.key_types, strict=True):
-        lit: sql.Composable = sql.SQL("{}::{}").format(sql.Literal(value), cast_type(typ))
-        if _is_text(typ):
-            lit = sql.SQL('{} COLLATE "C"').format(lit)
-        parts.append(lit)
-    if len(parts) == 1:
-        return parts[0]
-    return sql.SQL("ROW({})").format(sql.SQL(", ").join(parts))
+    return _ordered_row(step, [sql.SQL("{}::{}").format(sql.Literal(v), cast_type(t))
+                               for v, t in zip(values, step.key_types, strict=True)])
 
 
 def range_condition(step: Step, r: KeyRange) -> sql.Composable:
@@ -112,10 +106,7 @@ def boundaries_query(step: Step, root: RootSpec, org: Any, chunk_rows: int) -> s
     """Every ``chunk_rows``-th key of the org's rows, in key order, as text."""
     key_cols = sql.SQL(", ").join(sql.Identifier(c) for c in step.key)
     key_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in step.key)
-    order = sql.SQL(", ").join(
-        sql.SQL('{} COLLATE "C"').format(sql.Identifier(c)) if _is_text(t) else sql.Identifier(c)
-        for c, t in zip(step.key, step.key_types, strict=True)
-    )
+    order = key_expr(step)
     return sql.SQL(
         "SELECT {key_text} FROM (SELECT {key_cols}, row_number() OVER (ORDER BY {order}) AS rn "
         "FROM {table} WHERE {where}) AS numbered "
@@ -127,12 +118,6 @@ def boundaries_query(step: Step, root: RootSpec, org: Any, chunk_rows: int) -> s
         table=table_ident(step.table),
         where=filter_condition(step, root, org),
         n=sql.Literal(chunk_rows),
-    )
-
-
-def delete_chunk(step: Step, root: RootSpec, org: Any, r: KeyRange) -> sql.Composable:
-    return sql.SQL("DELETE FROM {} WHERE {}").format(
-        table_ident(step.table), org_rows_where(step, root, org, r)
     )
 
 

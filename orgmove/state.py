@@ -17,12 +17,9 @@ from orgmove.chunking import KeyRange
 from orgmove.errors import MoveStateError, StalePlan
 from orgmove.plan import Plan
 
-# Move states, in order. `copy` moves planned -> copying -> copied; cutover: copied/verified ->
-# cutover -> committed | aborted; rollback: -> rolled_back; cleanup: committed -> cleaned.
-MOVE_STATES = (
-    "planned", "copying", "copied", "verified", "cutover", "committed", "aborted", "rolled_back",
-    "cleaning", "cleaned",
-)
+# Move states: copy takes planned -> copying -> copied (verify: -> verified); cutover: copied or
+# verified -> cutover -> committed | aborted; rollback: -> rolled_back; cleanup: committed ->
+# cleaning -> cleaned.
 ADVISORY_NAMESPACE = "orgmove.move:"
 
 
@@ -225,10 +222,6 @@ def last_events(conn: psycopg.Connection[Any], move_key: str, limit: int = 5) ->
             (move_key, limit),
         ).fetchall()
     return [dict(r) for r in rows]
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def db_now(conn: psycopg.Connection[Any]) -> datetime | None:
