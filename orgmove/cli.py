@@ -210,6 +210,8 @@ def plan(
                   f"{len(the_plan.cluster_wide_refs)} cluster-wide references checked on the target.")
         if owner_of is None:
             out.print("note: no Topology Service configured: the ownership check was skipped.")
+        for warning in the_plan.warnings:
+            out.print(f"[bold yellow]warning:[/bold yellow] {warning}")
         out.print(f"next: orgmove copy {path}")
 
     emit({"command": "plan", "plan_file": str(path), "move": the_plan.move_key,

@@ -115,6 +115,7 @@ class Plan(BaseModel):
     cluster_wide_refs: list[ClusterWideRef] = Field(default_factory=list)
     skipped: list[SkippedTable] = Field(default_factory=list)
     rules: str | None = None
+    warnings: list[str] = Field(default_factory=list)  # things the reviewer must look at
     checksum: str = ""
 
     @property

@@ -342,6 +342,7 @@ def make_plan(
         with wrap_errors(from_cell, "estimating rows"):
             no_rows = estimate_steps(src, plan, catalog)
         preflight.check_target_conflicts(src, dst, plan, target_catalog, skip=no_rows)
+        plan.warnings = preflight.unmapped_type_values(src, plan)
         preflight.check_cluster_wide_refs(src, dst, plan, target_catalog, skip=no_rows)
         tables = [s.table for s in plan.steps]
         with wrap_errors(from_cell, "fingerprinting the schema"):

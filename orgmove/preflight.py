@@ -340,3 +340,36 @@ def check_cluster_wide_refs(
             "of cluster-wide tables), then plan again",
             details={"missing": missing},
         )
+
+
+# --- polymorphic type values the rules do not map -----------------------------------------------
+
+
+def unmapped_type_values(src: psycopg.Connection[Any], plan: Plan, limit: int = 20) -> list[str]:
+    """For tables owned only through polymorphic links (e.g. routes.source_type), the type values
+    present on the source that no rule maps: such rows belong to no organization by the rules, so
+    they would neither move nor be cleaned up. Returned as warnings for the plan's reviewer."""
+    warnings: list[str] = []
+    for step in plan.steps:
+        firsts = [p.hops[0] for p in step.filter if p.hops]
+        if not firsts or any(h.type_column is None for h in firsts):
+            continue
+        by_column: dict[str, set[str]] = {}
+        for hop in firsts:
+            assert hop.type_column is not None
+            by_column.setdefault(hop.type_column, set()).add(str(hop.type_value))
+        for column, known in sorted(by_column.items()):
+            query = sql.SQL(
+                "SELECT {c}::text, count(*) FROM {t} WHERE {c} IS NOT NULL AND NOT ({c}::text = ANY({k})) "
+                "GROUP BY 1 ORDER BY 2 DESC LIMIT {n}"
+            ).format(c=sql.Identifier(column), t=table_ident(step.table), k=sql.Literal(sorted(known)),
+                     n=sql.Literal(limit))
+            with wrap_errors(plan.from_cell, f"checking {step.table}.{column}"):
+                rows = src.execute(query).fetchall()
+            if rows:
+                found = ", ".join(f"{v!r} ({n} rows)" for v, n in rows)
+                warnings.append(
+                    f"{step.table}.{column} has values the rules do not map: {found}; those rows belong to "
+                    f"no organization by the rules, so they will not move (map them in the rules' "
+                    f"polymorphic types if they do belong to one)")
+    return warnings

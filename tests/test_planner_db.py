@@ -618,3 +618,19 @@ def test_cli_unclassified_tables_then_suggested_rules_plan(cells, tmp_path: Path
     drafted = {s["table"] for s in json.loads(planned.stdout)["plan"]["steps"]}
     shipped = orgmove_cli(*base, "--rules", str(REPO_RULES), "--out", str(tmp_path / "s.plan.json"), "--json")
     assert drafted == {s["table"] for s in json.loads(shipped.stdout)["plan"]["steps"]}
+
+
+def test_unmapped_polymorphic_type_values_are_a_warning_in_the_plan(cells, tmp_path: Path) -> None:
+    from tests.helpers import RULES as REPO_RULES
+    from tests.helpers import orgmove_cli
+
+    with psycopg.connect(cells.dsn("cell-1")) as conn:
+        conn.execute("ALTER TABLE routes DROP CONSTRAINT routes_source_type_check")  # a newer application
+        conn.execute("INSERT INTO routes (source_type, source_id, path, name) VALUES ('Topic', 1, 'topics/x', 'x')")
+    base = ("--config", str(cells.config_path), "plan", "--org", "1", "--from", "cell-1", "--to", "cell-2",
+            "--rules", str(REPO_RULES), "--out", str(tmp_path / "p.plan.json"))
+    human = orgmove_cli(*base)
+    assert human.returncode == 0, human.stderr
+    assert "warning:" in human.stdout and "'Topic' (1 rows)" in human.stdout
+    doc = json.loads(orgmove_cli(*base, "--json").stdout)
+    assert any("public.routes.source_type" in w and "Topic" in w for w in doc["plan"]["warnings"])
