@@ -184,7 +184,8 @@ def _all_chunks(ctx: MoveContext, dst: psycopg.Connection[Any]) -> list[tuple[St
 
 
 def checksum_round(ctx: MoveContext, work: list[tuple[Step, int, KeyRange]], workers: int,
-                   progress: ProgressSink) -> tuple[list[tuple[Step, int, KeyRange]], float, Any]:
+                   progress: ProgressSink, phase: str = "sync: checksums"
+                   ) -> tuple[list[tuple[Step, int, KeyRange]], float, Any]:
     """Checksums every chunk of ``work``; returns the dirty ones, the seconds taken, the report."""
     import asyncio
 
@@ -195,7 +196,12 @@ def checksum_round(ctx: MoveContext, work: list[tuple[Step, int, KeyRange]], wor
         report.tables[s.table] = TableVerify(s.table)
     started = time.monotonic()
     options = VerifyOptions(workers=workers, max_examples=5)
-    results = asyncio.run(verify_chunks(ctx, work, options, progress, report))
+    tables = {step.table for step, _, _ in work}
+    progress.start(phase, {s.table: s.estimated_rows for s in ctx.plan.steps if s.table in tables})
+    try:
+        results = asyncio.run(verify_chunks(ctx, work, options, progress, report))
+    finally:
+        progress.finish()
     steps = {s.table: s for s in ctx.plan.steps}
     dirty = [(steps[r.table], r.chunk_no, r.range) for r in results if not r.equal]
     return dirty, time.monotonic() - started, report
@@ -216,7 +222,8 @@ def sync_until_clean(ctx: MoveContext, dst: psycopg.Connection[Any], options: Cu
     last_verify = None
     full_round_s = 0.0
     for round_no in range(1, MAX_SYNC_ROUNDS + 1):
-        dirty, seconds, last_verify = checksum_round(ctx, work, options.workers, progress)
+        label = f"{'sync' if fenced else 'pre-sync'} round {round_no}: checksums"
+        dirty, seconds, last_verify = checksum_round(ctx, work, options.workers, progress, label)
         if round_no == 1 or not fenced:
             full_round_s = seconds
         report.sync_rounds += 1
@@ -309,7 +316,8 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
             _finish_or_abort_previous(ctx, src, dst, topo)
         report.checks.update(_preconditions(ctx, src, dst, topo))
         if options.dry_run:
-            dirty, seconds, _ = checksum_round(ctx, _all_chunks(ctx, dst), options.workers, progress)
+            dirty, seconds, _ = checksum_round(ctx, _all_chunks(ctx, dst), options.workers, progress,
+                                               "dry run: checksums")
             report.checks["verify clean now"] = not dirty
             report.checks["dirty chunks now"] = len(dirty)
             report.checks["estimated freeze s"] = round(freeze_estimate(seconds), 3)

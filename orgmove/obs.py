@@ -119,12 +119,13 @@ class RichProgress:
     """Per-table and overall rows with rate and ETA, on stderr; only when stderr is a terminal
     (or when forced), so it never mixes into ``--json`` output on stdout."""
 
-    def __init__(self, console: Console | None = None, per_table_limit: int = 12) -> None:
+    def __init__(self, console: Console | None = None, per_table_limit: int = 6) -> None:
         self.console = console or Console(stderr=True)
         self.per_table_limit = per_table_limit
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
         self._tasks: dict[str, TaskID] = {}
+        self._bytes = 0
 
     def start(self, phase: str, tables: dict[str, int], total_bytes: int = 0) -> None:
         self.finish()
@@ -132,6 +133,7 @@ class RichProgress:
             TextColumn("{task.description:<34}"),
             BarColumn(bar_width=24),
             TextColumn("{task.completed:>10,.0f}/{task.total:<10,.0f} rows"),
+            TextColumn("{task.fields[size]:>9}"),
             TextColumn("{task.fields[rate]:>12}"),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -142,19 +144,22 @@ class RichProgress:
         )
         self._progress.start()
         total = max(sum(tables.values()), 1)
-        self._overall = self._progress.add_task(f"[bold]{phase}: all tables", total=total, rate="")
+        self._overall = self._progress.add_task(f"[bold]{phase}: all tables", total=total, rate="", size="")
+        self._bytes = 0
         self._tasks = {}
         biggest = sorted(tables.items(), key=lambda kv: -kv[1])[: self.per_table_limit]
         for table, rows in biggest:
-            self._tasks[table] = self._progress.add_task(f"  {table}", total=max(rows, 1), rate="")
+            self._tasks[table] = self._progress.add_task(f"  {table}", total=max(rows, 1), rate="", size="")
 
     def advance(self, table: str, rows: int, nbytes: int = 0) -> None:
         if self._progress is None or self._overall is None:
             return
         self._progress.advance(self._overall, rows)
+        self._bytes += nbytes
         task = self._progress.tasks[self._overall]
         if task.elapsed:
-            self._progress.update(self._overall, rate=f"{task.completed / task.elapsed:,.0f} r/s")
+            self._progress.update(self._overall, rate=f"{task.completed / task.elapsed:,.0f} r/s",
+                                  size=f"{self._bytes / 1e6:,.1f} MB" if self._bytes else "")
         tid = self._tasks.get(table)
         if tid is not None:
             self._progress.advance(tid, rows)

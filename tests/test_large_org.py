@@ -78,6 +78,7 @@ def test_terminal_shows_progress_with_eta(large_org: LargeOrg) -> None:
     # A progress frame drawn while copying: the overall task with rows done/total (some done,
     # not all), a rate and an ETA.
     frames = re.findall(
-        r"copy: all tables\s+\S*\s+([\d,]+)/([\d,]+)\s+rows\s+([\d,]+) r/s\s+ETA (\d+:\d\d:\d\d)", screen)
-    assert any(0 < int(done.replace(",", "")) < int(total.replace(",", "")) for done, total, _, _ in frames), \
-        screen[:3000]
+        r"copy: all tables\s+\S*\s+([\d,]+)/([\d,]+)\s+rows\s+([\d,.]+) MB\s+([\d,]+) r/s\s+ETA (\d+:\d\d:\d\d)",
+        screen)
+    assert any(0 < int(done.replace(",", "")) < int(total.replace(",", "")) and float(mb.replace(",", "")) > 0
+               for done, total, mb, _, _ in frames), screen[:3000]
