@@ -370,7 +370,7 @@ def test_dsn_in_a_file_readable_by_others_warns_and_runs(world: World) -> None:
     assert proc.returncode == 0, proc.stderr  # a warning, not a refusal
     assert "warning:" in proc.stderr and "readable by other users" in proc.stderr
     assert "chmod 600" in proc.stderr
-    assert "warning" not in proc.stdout and json.loads(proc.stdout)["ok"] is True
+    assert "readable by other users" not in proc.stdout and json.loads(proc.stdout)["ok"] is True
     before.assert_unchanged(world)  # planning writes nothing to either Cell
     os.chmod(world.config_path, 0o600)
     proc = plan_cmd(world, "--json")
