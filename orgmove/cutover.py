@@ -93,7 +93,9 @@ class CutoverReport:
     def human(self) -> str:
         if self.dry_run:
             lines = [f"dry run: cutover {self.move_key} (nothing changed)"]
-            lines += [f"  {'ok ' if v is True else '-- '} {k}: {v}" for k, v in self.checks.items()]
+            mark = {True: "ok ", False: "NO "}
+            lines += [f"  {mark.get(v, '   ') if isinstance(v, bool) else '   '} {k}: {v}"
+                      for k, v in self.checks.items()]
             return "\n".join(lines)
         lines = [f"cutover {self.move_key}: organization {self.org} now lives on {self.new_owner}"]
         for s in self.steps:
