@@ -315,7 +315,9 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
                 report.checks["an interrupted cutover is pending"] = (
                     "yes: a real cutover (or rollback) first finishes or aborts it")
         else:
-            _finish_or_abort_previous(ctx, src, dst, topo)
+            finished = _finish_or_abort_previous(ctx, src, dst, topo)
+            if finished is not None:
+                return finished
         report.checks.update(_preconditions(ctx, src, dst, topo))
         if options.dry_run:
             dirty, seconds, _ = checksum_round(ctx, _all_chunks(ctx, dst), options.workers, progress,
@@ -380,6 +382,11 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
                     fix="raise --max-freeze or cut over at a quieter time; the org stays on the source",
                 )
             failpoint("cutover.before_commit")
+            # Both Cells must answer right before the flip: never hand the org to a target that
+            # is down, nor leave a source we cannot fence for good.
+            for name, conn in ((ctx.source, src), (ctx.target, dst)):
+                with db.wrap_errors(name, "health check before the flip"):
+                    conn.execute("SELECT 1")
             topo.renew(mv.move_id, mv.fencing_token, ttl)
             # The source fence becomes permanent before the flip: should the mover die right after
             # the flip, no write can land on the source once the target owns the org.
@@ -387,6 +394,7 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
             # 5. flip
             t_commit = time.monotonic()
             committed = _commit(topo, mv, plan.from_cell)
+            failpoint("cutover.after_flip")
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, OrgmoveError) else f"{type(exc).__name__}: {exc}"
             _abort(ctx, src, dst, topo, mv, reason)
@@ -474,12 +482,13 @@ def _abort(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connecti
 
 
 def _finish_or_abort_previous(ctx: MoveContext, src: psycopg.Connection[Any],
-                              dst: psycopg.Connection[Any], topo: Any) -> None:
-    """A previous cutover died (kill -9): finish it if the flip happened, otherwise abort it."""
+                              dst: psycopg.Connection[Any], topo: Any) -> CutoverReport | None:
+    """A previous cutover died (kill -9): finish it if the flip happened (its report is returned),
+    otherwise abort it (None: go on with a new cutover)."""
     plan = ctx.plan
     move = state.get_move(dst, plan.move_key)
     if move is None or move.state != "cutover" or not move.get("topology_move_id"):
-        return
+        return None
     previous = topo.get_move(move.get("topology_move_id"))
 
     class _Mv:
@@ -489,14 +498,19 @@ def _finish_or_abort_previous(ctx: MoveContext, src: psycopg.Connection[Any],
     if previous.status == "committed":
         if has_fence(src, str(plan.org)):
             _make_fence_permanent(src, str(plan.org))
-        _after_commit(ctx, dst, float(move.get("freeze_window_s") or 0.0),
-                      CutoverReport(plan.move_key, str(plan.org), plan.from_cell, plan.to_cell))
-        raise MoveStateError(
-            f"move {plan.move_key} was already committed by an earlier cutover (now recorded)",
-            fix="nothing to do; `orgmove cleanup` removes the source rows",
-        )
+        freeze = 0.0
+        if previous.fenced_at and previous.committed_at:
+            freeze = (previous.committed_at - previous.fenced_at).total_seconds()
+        report = CutoverReport(plan.move_key, str(plan.org), plan.from_cell, plan.to_cell, committed=True,
+                               new_owner=plan.to_cell, freeze_window_s=freeze,
+                               topology_move_id=str(previous.move_id), fencing_token=int(previous.fencing_token))
+        report.steps.append({"step": "recorded", "seconds": 0.0,
+                             "detail": "an interrupted earlier cutover had flipped the claims"})
+        _after_commit(ctx, dst, freeze, report)
+        return report
     _abort(ctx, src, dst, topo, _Mv(), "an earlier cutover was interrupted")
     state.update_move(dst, plan.move_key, state="copied")
+    return None
 
 
 # --- rollback and cleanup --------------------------------------------------------------------------

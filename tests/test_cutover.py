@@ -7,6 +7,7 @@ import signal
 import time
 
 import psycopg
+import pytest
 
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.cutover import CutoverOptions, run_cutover, run_rollback
@@ -120,15 +121,19 @@ def test_killed_cutover_leaves_org_writable_after_lease_expiry(world: World) -> 
     _assert_on_source_writable(world)
 
 
-def test_kill_after_commit_rerun_records_it(world: World) -> None:
+def test_kill_after_the_flip_rerun_records_it(world: World) -> None:
     plan, path = _copied(world)
-    proc = _cli(world, "cutover", str(path), "--yes", env={"ORGMOVE_FAILPOINTS": "cutover.after_commit=exit"})
+    proc = _cli(world, "cutover", str(path), "--yes", env={"ORGMOVE_FAILPOINTS": "cutover.after_flip=exit"})
     assert proc.returncode == 137
     assert world.owner(1) == "cell-2"
     assert not can_write(world.dsn("cell-1"), 1)
     proc = _cli(world, "status", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["owner"] == "cell-2"
+    rerun = _cli(world, "cutover", str(path), "--yes", "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    doc = json.loads(rerun.stdout)
+    assert doc["committed"] and doc["steps"][0]["step"] == "recorded" and doc["freeze_window_s"] > 0
 
 
 def test_sigint_during_cutover_aborts_and_leaves_org_writable(world: World) -> None:
@@ -146,23 +151,43 @@ def test_sigint_during_cutover_aborts_and_leaves_org_writable(world: World) -> N
     _assert_on_source_writable(world)
 
 
-def test_target_down_during_cutover_aborts(world: World, pg_servers) -> None:  # type: ignore[no-untyped-def]
+def _wait_for_step(world: World, point: str, timeout: float = 30) -> None:
+    """Until the cutover sleeping at ``point`` has reached it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        moves = world.client.moves_for_org(1)
+        live = [m for m in moves if m.status in ("begun", "fenced")]
+        if point == "cutover.after_lease" and live:
+            return
+        if point in ("cutover.after_fence", "cutover.before_commit") and world.org_state(1) == "read_only":
+            if point == "cutover.before_commit":
+                time.sleep(1.5)  # the tiny org's sync is well under a second
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the cutover never reached {point}")
+
+
+STEPS = ["cutover.after_lease", "cutover.after_fence", "cutover.before_commit"]
+
+
+@pytest.mark.parametrize("point", STEPS)
+def test_target_down_at_each_cutover_step_aborts(world: World, pg_servers, point: str) -> None:  # type: ignore[no-untyped-def]
     plan, path = _copied(world)
     proc = orgmove_popen("--config", str(world.config_path), "cutover", str(path), "--yes",
-                         env={"ORGMOVE_FAILPOINTS": "cutover.after_fence=sleep(3)"})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and world.org_state(1) != "read_only":
-        time.sleep(0.05)
+                         env={"ORGMOVE_FAILPOINTS": f"{point}=sleep(4)"})
+    _wait_for_step(world, point)
     pg_servers.servers["cell-2"].stop("immediate")
     try:
         _, err = proc.communicate(timeout=120)
     finally:
         pg_servers.servers["cell-2"].start()
-    assert proc.returncode != 0
+    assert proc.returncode != 0, err
+    assert "Traceback" not in err
     _assert_on_source_writable(world)
     proc2 = _cli(world, "cutover", str(path), "--yes")
     assert proc2.returncode == 0, proc2.stderr
     assert world.owner(1) == "cell-2"
+    assert org_checksums(world.dsn("cell-2"), plan) == org_checksums(world.dsn("cell-1"), plan)
 
 
 def test_rollback_removes_exactly_the_copied_rows(world: World) -> None:
@@ -213,8 +238,9 @@ def test_rollback_api(world: World) -> None:
     assert doc["owner"] == "cell-1"
 
 
-def test_topology_down_during_cutover_org_stays_on_source_then_rerun_completes(
-    cells, pg_servers, tmp_path  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("point", STEPS)
+def test_topology_down_at_each_cutover_step_org_stays_on_source_then_rerun_completes(
+    cells, pg_servers, tmp_path, point: str  # type: ignore[no-untyped-def]
 ) -> None:
     import os
     import subprocess
@@ -258,11 +284,15 @@ def test_topology_down_during_cutover_org_stays_on_source_then_rerun_completes(
 
         run_copy(plan, load_config(cells.config_path), CopyOptions(workers=2, chunk_rows=25))
         proc = orgmove_popen("--config", str(cells.config_path), "cutover", str(path), "--yes",
-                             env={"ORGMOVE_FAILPOINTS": "cutover.after_fence=sleep(2)"})
+                             env={"ORGMOVE_FAILPOINTS": f"{point}=sleep(3)"})
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and client.org_state(1) != "read_only":
+        while time.monotonic() < deadline:
+            live = [m for m in client.moves_for_org(1) if m.status in ("begun", "fenced")]
+            if live and (point == "cutover.after_lease" or client.org_state(1) == "read_only"):
+                break
             time.sleep(0.05)
-        assert client.org_state(1) == "read_only"
+        if point == "cutover.before_commit":
+            time.sleep(1.5)
         server.kill()
         server.wait()
         _, err = proc.communicate(timeout=120)
