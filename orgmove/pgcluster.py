@@ -111,6 +111,10 @@ class LocalCluster:
     password: str = "orgmove"
     settings: dict[str, str] | None = None
 
+    def __post_init__(self) -> None:
+        # Server commands run from "/" (the server user may not enter the caller's directory).
+        self.directory = Path(self.directory).absolute()
+
     @property
     def data_dir(self) -> Path:
         return self.directory / "data"

@@ -68,3 +68,15 @@ def test_sandbox_up_twice_seed_env_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     for name in ("cell-1", "cell-2", "topology-db"):
         assert not LocalCluster(box / name, 1).is_running()
+
+
+def test_local_cluster_with_a_relative_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cluster = LocalCluster(Path("rel"), free_port(), password="pw-cluster-test")
+    try:
+        cluster.start()
+        assert cluster.is_running()
+        cluster.stop()
+        assert not cluster.is_running()
+    finally:
+        cluster.destroy()
