@@ -85,9 +85,6 @@ class Table:
                 return c
         return None
 
-    def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
     def chunk_key(self) -> list[str]:
         """The primary key; else the shortest unique key whose columns are all NOT NULL; else []."""
         if self.primary_key:

@@ -27,6 +27,7 @@ from orgmove.chunking import (
     WHOLE,
     KeyRange,
     boundaries_query,
+    org_rows_where,
     ranges_from_boundaries,
     select_chunk,
     single_chunk_only,
@@ -41,7 +42,7 @@ from orgmove.errors import (
 from orgmove.faults import afailpoint
 from orgmove.movectx import MoveContext
 from orgmove.obs import METRICS, NullProgress, ProgressSink, log
-from orgmove.plan import Plan, Step, split_table
+from orgmove.plan import Plan, Step, split_table, table_ident
 from orgmove.retry import RetryPolicy, retry_async
 
 QUEUE_DEPTH = 32  # COPY data blocks buffered between a chunk's reader and writer
@@ -157,8 +158,8 @@ class SnapshotHolder:
         self.conn = None
 
 
-def import_snapshot_sql(snapshot_id: str) -> str:
-    return sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)).as_string(None)
+def import_snapshot(snapshot_id: str) -> sql.Composed:
+    return sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id))
 
 
 # --- chunk planning ------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def compute_chunks(
         ctx.source, "chunk boundaries"
     ):
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+        conn.execute(import_snapshot(snapshot_id))
         for step in plan.steps:
             if single_chunk_only(step):
                 result[step.table] = [WHOLE]
@@ -423,7 +424,7 @@ class CopyRun:
             await src_tr.start()
             try:
                 try:
-                    await src.execute(import_snapshot_sql(snapshot_id))
+                    await src.execute(import_snapshot(snapshot_id).as_string(None))
                 except Exception as exc:
                     if getattr(exc, "sqlstate", None) == INVALID_SNAPSHOT:
                         await self.refresh_snapshot(snapshot_id)
@@ -692,9 +693,6 @@ SYNC_TABLE = "orgmove_sync"
 
 def _merge_sql(step: Step, root: Any, org: Any, r: KeyRange) -> tuple[str, str, str]:
     """(create temp table, delete target rows absent from the source, upsert) for one chunk."""
-    from orgmove.chunking import org_rows_where
-    from orgmove.plan import table_ident
-
     t = table_ident(step.table)
     cols = [sql.Identifier(c) for c in step.columns]
     create = sql.SQL(

@@ -490,11 +490,6 @@ def _finish_or_abort_previous(ctx: MoveContext, src: psycopg.Connection[Any],
     if move is None or move.state != "cutover" or not move.get("topology_move_id"):
         return None
     previous = topo.get_move(move.get("topology_move_id"))
-
-    class _Mv:
-        move_id = previous.move_id
-        fencing_token = previous.fencing_token
-
     if previous.status == "committed":
         if has_fence(src, str(plan.org)):
             _make_fence_permanent(src, str(plan.org))
@@ -508,7 +503,7 @@ def _finish_or_abort_previous(ctx: MoveContext, src: psycopg.Connection[Any],
                              "detail": "an interrupted earlier cutover had flipped the claims"})
         _after_commit(ctx, dst, freeze, report)
         return report
-    _abort(ctx, src, dst, topo, _Mv(), "an earlier cutover was interrupted")
+    _abort(ctx, src, dst, topo, previous, "an earlier cutover was interrupted")
     state.update_move(dst, plan.move_key, state="copied")
     return None
 

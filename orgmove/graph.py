@@ -104,9 +104,6 @@ class Graph:
     def classification(self, table: str) -> Classification:
         return self.nodes[table].classification
 
-    def org_tables(self) -> list[str]:
-        return list(self.order)
-
 
 @dataclass
 class _Options:

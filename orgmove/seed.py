@@ -295,9 +295,6 @@ class SeedReport(BaseModel):
     seconds: float
     rows_per_s: float
 
-    def cell_rows(self, cell: str) -> int:
-        return sum(self.rows.get(cell, {}).values())
-
 
 # ------------------------------------------------------------------------------------------------
 # Generator SQL. Helpers are session-local (pg_temp) SQL functions; the simple ones are inlined.

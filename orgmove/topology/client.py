@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
-import tenacity
 from pydantic import BaseModel
 
 from orgmove.config import Config
@@ -33,6 +32,7 @@ from orgmove.errors import (
     TopologyUnavailable,
     UnknownOrganization,
 )
+from orgmove.retry import RetryPolicy, retry_sync
 from orgmove.topology.store import (
     BeginUpdateResponse,
     Bucket,
@@ -194,21 +194,22 @@ class TopologyClient:
         params: Mapping[str, Any] | None = None,
         allow: Sequence[int] = (),
     ) -> httpx.Response:
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(self._deadline_s),
-            wait=tenacity.wait_exponential(
-                multiplier=self._min_wait_s, min=self._min_wait_s, max=self._max_wait_s
-            ),
-            retry=tenacity.retry_if_exception_type(TopologyUnavailable),
-            sleep=self._sleep,
-            reraise=False,
-        )
+        attempts = 1
+
+        def count(_exc: BaseException, attempt: int) -> None:
+            nonlocal attempts
+            attempts = attempt + 1
+
         try:
-            return retrying(self._once, method, path, json, params, allow)
-        except tenacity.RetryError as exc:
-            last = exc.last_attempt.exception()
-            attempts = exc.last_attempt.attempt_number
-            assert isinstance(last, TopologyUnavailable)
+            return retry_sync(
+                lambda: self._once(method, path, json, params, allow),
+                RetryPolicy(self._deadline_s, self._min_wait_s, self._max_wait_s),
+                sleep=self._sleep, on_retry=count,
+                is_retryable=lambda exc: isinstance(exc, TopologyUnavailable),
+            )
+        except TopologyUnavailable as last:
+            if attempts == 1:
+                raise
             raise TopologyUnavailable(
                 f"{last.message} (gave up after {attempts} attempts in {self._deadline_s:g}s)",
                 fix=last.fix,
