@@ -125,6 +125,17 @@ PlanArg = Annotated[Path, typer.Argument(help="Plan file written by `orgmove pla
                                          envvar="ORGMOVE_PLAN", show_envvar=True)]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", envvar="ORGMOVE_WORKERS", show_envvar=True,
                                                 min=1, max=64, help="Parallel workers.")]
+NoReplicaRoleOpt = Annotated[bool, typer.Option(
+    "--no-replica-role", envvar="ORGMOVE_NO_REPLICA_ROLE", show_envvar=True,
+    help="Write on the target as a plain client (its triggers fire), for targets that refuse "
+         "GRANT SET ON PARAMETER session_replication_role.")]
+AllowTriggersOpt = Annotated[str | None, typer.Option(
+    "--allow-triggers", envvar="ORGMOVE_ALLOW_TRIGGERS", show_envvar=True,
+    help="Comma-separated NAME or TABLE.NAME of target triggers accepted to fire on the copied rows.")]
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 def emit(doc: dict[str, Any], human: Any = None) -> None:
@@ -176,6 +187,8 @@ def plan(
     suggest_rules: Annotated[bool, typer.Option(
         "--suggest-rules", envvar="ORGMOVE_SUGGEST_RULES", show_envvar=True,
         help="Print a draft rules file for unclassified tables and exit.")] = False,
+    no_replica_role: NoReplicaRoleOpt = False,
+    allow_triggers: AllowTriggersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Walk the org's table graph and write an ordered, reviewable copy plan.
@@ -192,7 +205,9 @@ def plan(
         sys.stdout.write(planner.suggest_rules(config, org, from_cell, to_cell, rules))
         return
     owner_of = _owner_lookup(config)
-    the_plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=owner_of)
+    the_plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=owner_of,
+                                 replica_role=not no_replica_role,
+                                 allowed_triggers=_names(allow_triggers))
     path = out_path or default_plan_path(config.defaults.plans_dir, the_plan.org, from_cell, to_cell)
     write_plan(the_plan, path)
 
@@ -204,6 +219,7 @@ def plan(
             table.add_row(str(i), step.table, f"{step.estimated_rows:,}", _bytes(step.estimated_bytes),
                           ",".join(step.key) or "(whole set)", step.filter_sql[:90])
         out.print(table)
+        _print_triggers(the_plan)
         out.print(f"{len(the_plan.steps)} tables to copy, "
                   f"{sum(s.estimated_rows for s in the_plan.steps):,} rows estimated; "
                   f"{len(the_plan.skipped)} skipped; "
@@ -217,6 +233,22 @@ def plan(
     emit({"command": "plan", "plan_file": str(path), "move": the_plan.move_key,
           "plan": json.loads(the_plan.to_json()),
           "ownership_checked": owner_of is not None}, human)
+
+
+def _print_triggers(the_plan: Any) -> None:
+    rows = [(s.table, t) for s in the_plan.steps for t in s.triggers]
+    mode = "as a replica" if the_plan.replica_role else "as a plain client (--no-replica-role)"
+    if not rows:
+        out.print(f"target writes {mode}; no user triggers on the planned tables.")
+        return
+    table = Table(title=f"target triggers (the move writes {mode})")
+    for col in ("table", "trigger", "timing", "enabled", "the move"):
+        table.add_column(col, overflow="fold")
+    for step_table, t in rows:
+        on = t.table if t.table != step_table else step_table
+        verdict = ("fires (allowed)" if t.allowed else "fires") if t.fires else "skipped"
+        table.add_row(on, t.name, f"{t.timing} {'/'.join(t.events)} {t.level}", t.enabled, verdict)
+    out.print(table)
 
 
 def _owner_lookup(config: Config) -> Any:
@@ -316,11 +348,30 @@ def verify(
         make_progress(_progress_enabled()),
     )
 
+    fks = None
+    if only is None:
+        # The set-based FK check of the org's rows on the target (the cutover runs it again
+        # under the fence): a dangling reference is a mismatch too.
+        from orgmove import fkcheck
+        from orgmove.movectx import MoveContext
+
+        with MoveContext.create(the_plan, config).connect_target("verify") as dst:
+            fks = fkcheck.check_foreign_keys(dst, the_plan)
+
     def human() -> None:
         _print_verify(report)
+        if fks is not None:
+            if fks.clean:
+                out.print(f"foreign keys: {fks.checked} checked, none dangling ({fks.seconds:.2f}s)")
+            for d in fks.dangling:
+                out.print(f"[bold red]dangling:[/bold red] {d.table} {d.constraint} -> {d.ref_table}: "
+                          f"{', '.join(d.keys)}")
 
-    emit({"command": "verify", **report.to_json()}, human)
-    if not report.equal:
+    doc = {"command": "verify", **report.to_json()}
+    if fks is not None:
+        doc["foreign_keys"] = fks.to_json()
+    emit(doc, human)
+    if not report.equal or (fks is not None and not fks.clean):
         raise typer.Exit(3)
 
 
@@ -388,6 +439,8 @@ def move(
     max_freeze: Annotated[float | None, typer.Option("--max-freeze", envvar="ORGMOVE_MAX_FREEZE",
                                                      show_envvar=True)] = None,
     yes: YesOpt = False,
+    no_replica_role: NoReplicaRoleOpt = False,
+    allow_triggers: AllowTriggersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan, copy, verify and cut over in one command.
@@ -406,6 +459,7 @@ def move(
         max_freeze_s=max_freeze or config.defaults.max_freeze_s,
         progress=make_progress(_progress_enabled()),
         say=(lambda msg: err.print(msg)) if not as_json else (lambda msg: None),
+        replica_role=not no_replica_role, allowed_triggers=_names(allow_triggers),
     )
 
     def human() -> None:

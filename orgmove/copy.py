@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, state
+from orgmove import db, state, triggers
 from orgmove.chunking import (
     WHOLE,
     KeyRange,
@@ -310,10 +310,12 @@ class WorkerConnections:
                 statement_timeout_s=d.statement_timeout_s, lock_timeout_s=d.lock_timeout_s,
             )
         if self.dst is None or self.dst.is_closed():
+            # Writes the org's rows: as a replica, unless the plan says otherwise (triggers.py).
             self.dst = await db.connect_data_plane(
                 self.ctx.target_dsn, cell=self.ctx.target,
                 application_name=self.ctx.app_name(self.name),
                 statement_timeout_s=d.statement_timeout_s, lock_timeout_s=d.lock_timeout_s,
+                extra_settings=triggers.session_settings(self.ctx.plan),
             )
         return self.src, self.dst
 
@@ -534,6 +536,8 @@ def run_copy(
     started = time.monotonic()
     with ctx.control() as (src, dst):
         ctx.check_fingerprints(src, dst)
+        with db.wrap_errors(ctx.target, "checking triggers and the replica role"):
+            triggers.check_target(dst, plan)
         if options.dry_run:
             return _dry_run(ctx, dst, options, report)
         move = state.ensure_move(dst, plan)

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, state
+from orgmove import db, fkcheck, state, triggers
 from orgmove.chunking import KeyRange
 from orgmove.config import Config
 from orgmove.errors import (
@@ -274,6 +274,10 @@ def _preconditions(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.
                 "(runbooks/09-least-privilege.md)",
             )
     checks["fence function installed"] = True
+    # The sync re-copies dirty chunks into the target: as a replica, under the plan's trigger policy.
+    with db.wrap_errors(ctx.target, "checking triggers and the replica role"):
+        triggers.check_target(dst, plan)
+    checks["target triggers accepted"] = True
     owner = topo.owner_of_org(_org_int(plan))
     if owner != plan.from_cell:
         raise PreflightFailed(
@@ -326,6 +330,7 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
             report.checks["dirty chunks now"] = len(dirty)
             report.checks["estimated freeze s"] = round(freeze_estimate(seconds), 3)
             report.checks["fits --max-freeze"] = report.checks["estimated freeze s"] <= options.max_freeze_s
+            report.checks["foreign keys clean now"] = fkcheck.check_foreign_keys(dst, plan).clean
             return report
 
         # 0. pre-sync while writable, and the freeze estimate.
@@ -381,6 +386,13 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
                     f"the freeze passed --max-freeze {options.max_freeze_s:g}s before the flip",
                     fix="raise --max-freeze or cut over at a quieter time; the org stays on the source",
                 )
+            # Writing as a replica skipped the target's FK triggers: one anti-join per foreign key
+            # over the org's rows, after the last re-copy and before the flip (exit 3, no flip).
+            t_fk = time.monotonic()
+            fks = fkcheck.check_foreign_keys(dst, plan)
+            report.steps.append({"step": "foreign keys", "seconds": time.monotonic() - t_fk,
+                                 "detail": f"{fks.checked} foreign keys, {len(fks.dangling)} dangling"})
+            fkcheck.raise_if_dangling(fks, plan)
             failpoint("cutover.before_commit")
             # Both Cells must answer right before the flip: never hand the org to a target that
             # is down, nor leave a source we cannot fence for good.

@@ -220,11 +220,13 @@ async def connect_data_plane(
     statement_timeout_s: float = 0,
     lock_timeout_s: float = 5.0,
     connect_timeout_s: float = 10,
+    extra_settings: dict[str, str] | None = None,
 ) -> Any:
     """An asyncpg connection with the same name and session settings as :func:`connect`."""
     import asyncpg
 
-    settings = session_settings(statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s)
+    settings = session_settings(statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s,
+                                extra=extra_settings)
     settings.pop("client_encoding", None)
     settings["application_name"] = application_name[:63]
     try:

@@ -123,6 +123,12 @@ class VerificationMismatch(OrgmoveError):
     exit_code = EXIT_MISMATCH
 
 
+class DanglingReferences(VerificationMismatch):
+    """The org's rows on the target reference rows that are neither moved nor present there."""
+
+    code = "dangling_references"
+
+
 # --- exit 1: failed after retries ----------------------------------------------------------------
 
 

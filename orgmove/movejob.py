@@ -71,6 +71,8 @@ def run_move(
     progress: ProgressSink | None = None,
     say: Callable[[str], None] = lambda _msg: None,
     plan_path: Path | None = None,
+    replica_role: bool = True,
+    allowed_triggers: list[str] | None = None,
 ) -> MoveSummary:
     from orgmove import planner
     from orgmove.cli import _owner_lookup
@@ -79,7 +81,8 @@ def run_move(
     seconds: dict[str, float] = {}
     t = time.monotonic()
     say(f"[1/4] plan: organization {org}, {from_cell} -> {to_cell}")
-    plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=_owner_lookup(config))
+    plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=_owner_lookup(config),
+                             replica_role=replica_role, allowed_triggers=allowed_triggers)
     path = plan_path or default_plan_path(config.defaults.plans_dir, plan.org, from_cell, to_cell)
     write_plan(plan, path)
     seconds["plan"] = time.monotonic() - t

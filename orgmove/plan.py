@@ -52,6 +52,23 @@ class FilterPath(BaseModel):
     source: str = ""  # why this path exists: "fk", "sharding_key", "polymorphic", "dictionary"
 
 
+class Trigger(BaseModel):
+    """A user trigger on a planned table (or one of its partitions) of the TARGET Cell, and what
+    the move does about it (see :mod:`orgmove.triggers`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str  # the relation it is on: the step's table or one of its partitions
+    name: str
+    timing: Literal["BEFORE", "AFTER", "INSTEAD OF"]
+    level: Literal["ROW", "STATEMENT"]
+    events: list[str]  # INSERT, UPDATE, DELETE, TRUNCATE
+    enabled: Literal["origin", "replica", "always", "disabled"]  # ALTER TABLE ... ENABLE [REPLICA|ALWAYS]
+    function: str
+    fires: bool  # fires while the move writes the org's rows
+    allowed: bool = False  # named in --allow-triggers
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +88,7 @@ class Step(BaseModel):
     partitions: list[str] = Field(default_factory=list)  # leaves covered through this parent
     self_referencing: bool = False  # an FK from this table to itself (copied in one chunk)
     reason: str = ""
+    triggers: list[Trigger] = Field(default_factory=list)  # the target's user triggers
 
 
 class ClusterWideRef(BaseModel):
@@ -116,6 +134,10 @@ class Plan(BaseModel):
     skipped: list[SkippedTable] = Field(default_factory=list)
     rules: str | None = None
     warnings: list[str] = Field(default_factory=list)  # things the reviewer must look at
+    # Target sessions that write the org's rows run with session_replication_role = replica:
+    # ordinary triggers and the per-row FK triggers do not fire (see orgmove/triggers.py).
+    replica_role: bool = True
+    allowed_triggers: list[str] = Field(default_factory=list)  # --allow-triggers
     checksum: str = ""
 
     @property

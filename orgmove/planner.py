@@ -314,10 +314,14 @@ def make_plan(
     to_cell: str,
     rules_path: str | None,
     owner_of: OwnerOf | None = None,
+    *,
+    replica_role: bool = True,
+    allowed_triggers: list[str] | None = None,
 ) -> Plan:
     """Plan the move of ``org`` from ``from_cell`` to ``to_cell``; every pre-flight check passes
-    or the right :class:`~orgmove.errors.OrgmoveError` (exit code 2) is raised. Writes nothing."""
-    from orgmove import preflight
+    or the right :class:`~orgmove.errors.OrgmoveError` (exit code 2) is raised. Writes nothing.
+    ``replica_role``/``allowed_triggers``: the trigger policy of :mod:`orgmove.triggers`."""
+    from orgmove import preflight, triggers
 
     preflight.check_cells(config, from_cell, to_cell)
     rules_path = rules_path or config.defaults.rules
@@ -344,6 +348,15 @@ def make_plan(
         preflight.check_target_conflicts(src, dst, plan, target_catalog, skip=no_rows)
         plan.warnings = preflight.unmapped_type_values(src, plan)
         preflight.check_cluster_wide_refs(src, dst, plan, target_catalog, skip=no_rows)
+        plan.replica_role = replica_role
+        plan.allowed_triggers = sorted(set(allowed_triggers or []))
+        with wrap_errors(to_cell, "reading the target's triggers"):
+            triggers.annotate_plan(dst, plan)
+            if replica_role:
+                triggers.check_replica_privilege(dst, to_cell)
+        triggers.check_allowed_names(plan)
+        triggers.check_policy(plan)
+        plan.warnings += triggers.warnings(plan)
         tables = [s.table for s in plan.steps]
         with wrap_errors(from_cell, "fingerprinting the schema"):
             plan.source_fingerprint = schema_fingerprint(src, tables)

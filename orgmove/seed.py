@@ -400,8 +400,9 @@ INSERT INTO public.routes (id, source_type, source_id, path, name)
 SELECT %(lo)s + row_number() OVER (ORDER BY id) - 1, 'Namespace', id, full_path, full_name FROM r
 """
 
-# Projects j in [0, P) sit in namespaces (skewed to the first ones); j = P is the organization's
-# fork of another organization's project when %(upstream)s is not NULL.
+# Projects j in [0, P) sit in namespaces (skewed to the first ones); j = P, when asked for, is the
+# organization's fork of another organization's project %(upstream)s, or of its own first project
+# when %(upstream)s is NULL.
 _PROJECTS = """
 INSERT INTO public.projects
     (id, namespace_id, creator_id, name, path, description, visibility_level, star_count,
@@ -428,7 +429,7 @@ SELECT %(lo)s + j,
        CASE WHEN mod(j, 3) = 0 THEN '{}'::text[]
             ELSE ARRAY['topic-' || mod(j, 5), 'ruby', %(uni)s::text] END,
        mod(j, 11) = 10,
-       CASE WHEN j = %(p)s THEN %(upstream)s
+       CASE WHEN j = %(p)s THEN coalesce(%(upstream)s, %(lo)s)
             WHEN j > 0 AND mod(j, 7) = 3 THEN %(lo)s + mod(pg_temp.om_h(j, %(s)s + 5), j) END,
        pg_temp.om_ts(j, %(s)s + 6),
        CASE WHEN mod(j, 13) = 5 THEN NULL
@@ -529,7 +530,7 @@ FROM (SELECT k, floor(%(p)s * power(pg_temp.om_u(k, %(s)s), 2))::bigint AS pidx
       FROM generate_series(0, %(n)s - 1) k) x
 """
 
-# Merge requests of the upstream organization whose source project is this organization's fork.
+# Merge requests into the upstream project whose source project is this organization's fork.
 _CROSS_ORG_MERGE_REQUESTS = """
 INSERT INTO public.merge_requests
     (id, target_project_id, source_project_id, author_id, iid, title, state, merge_status,
@@ -730,7 +731,9 @@ class _Writer:
         self._run(_LFS_OBJECTS, None, "lfs_objects", n=self.scale.lfs_objects,
                   s=_salt(s, 0, "lfs_objects"))
 
-    def organization(self, org: int, upstream: _OrgIds | None) -> None:
+    def organization(self, org: int, upstream: _OrgIds | None, fork: bool = False) -> None:
+        """``fork``: the organization forks a project: ``upstream``'s (another organization's), or
+        its own first project when ``upstream`` is None."""
         c = org_counts(org, self.scale.name, self.orgs).counts
         seed, users = self.seed, self.scale.users
         ids = _OrgIds()
@@ -758,11 +761,12 @@ class _Writer:
         run(_NAMESPACE_ROUTES, "routes", ns)
 
         p = c["projects"]
-        pt = p + (1 if upstream is not None else 0)
+        fork = fork or upstream is not None
+        pt = p + (1 if fork else 0)
         run(_PROJECTS, "projects", pt, p=p, ns=ns, ns_lo=ids.ns_lo,
             upstream=upstream.p_lo if upstream else None)
         ids.p_lo = first["projects"]
-        if upstream is not None:
+        if fork:
             ids.fork_id = ids.p_lo + p
         common = {"p": p, "p_lo": ids.p_lo, "ns_lo": ids.ns_lo, "groups": g + sg}
         run(_PROJECT_ROUTES, "routes", pt, pt=pt, p_lo=ids.p_lo)
@@ -797,12 +801,13 @@ class _Writer:
             lfs=self.scale.lfs_objects, **common)
         run(_WEB_HOOK_LOGS, "web_hook_logs_archive", c["web_hook_logs_archive"], **common)
 
-        if upstream is not None and ids.fork_id is not None:
-            # These merge requests belong to the upstream organization (their target project).
+        if ids.fork_id is not None:
+            # These merge requests belong to the upstream project's organization (their target).
             n = c["cross_org_merge_requests"]
             lo = self._reserve("merge_requests", n)
-            self._run(_CROSS_ORG_MERGE_REQUESTS, 1, "merge_requests", lo=lo, n=n, org=org,
-                      s=salt("merge_requests") + 100, users=users, upstream=upstream.p_lo,
+            owner, upstream_id = (1, upstream.p_lo) if upstream is not None else (org, ids.p_lo)
+            self._run(_CROSS_ORG_MERGE_REQUESTS, owner, "merge_requests", lo=lo, n=n, org=org,
+                      s=salt("merge_requests") + 100, users=users, upstream=upstream_id,
                       fork=ids.fork_id)
 
 
@@ -810,16 +815,29 @@ _NO_SEQUENCE = {"project_statistics", "project_authorizations", "web_hook_logs_a
                 "organizations"}
 
 
+_FIXTURE_TRIGGERS = (("p_ci_builds", "assign_p_ci_builds_id_value"),
+                     ("issues", "bump_issues_created_counter"))
+
+
 def _fast_load_if_allowed(conn: psycopg.Connection[Any], cell: str) -> list[str]:
     """When we are superuser and the cell is empty: skip foreign-key triggers for the seeding
     transaction (the data is consistent by construction; tests check every FK afterwards) and
     drop the plain secondary indexes, to be rebuilt by :func:`_rebuild_indexes` after the load
     (a sorted build is much cheaper than row-by-row maintenance). Returns the index definitions
-    to rebuild; empty when not allowed, in which case every row is checked and indexed as usual."""
+    to rebuild; when not allowed, every row is checked and indexed as usual and only the
+    fixture's triggers are switched off (the statements returned switch them back on)."""
     try:
         row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
         if not (row and row[0]):
-            return []
+            # The fixture's triggers would rewrite the seeded ids (assign_p_ci_builds_id_value)
+            # and count the seeded issues: off for this transaction (the seeding role owns the
+            # schema it installed), back on before the commit.
+            for table, trigger in _FIXTURE_TRIGGERS:
+                conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+                    sql.Identifier("public", table), sql.Identifier(trigger)))
+            return [sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(
+                sql.Identifier("public", table), sql.Identifier(trigger)).as_string(conn)
+                for table, trigger in _FIXTURE_TRIGGERS]
         conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute("SET LOCAL maintenance_work_mem = '128MB'")
         indexes = conn.execute(
@@ -852,16 +870,19 @@ def _rebuild_indexes(conn: psycopg.Connection[Any], definitions: list[str]) -> N
 
 def _seed_cell(
     conn: psycopg.Connection[Any], cell: str, org_ids: list[int], seed: int, scale: Scale,
-    orgs: int, rebuild: list[str],
+    orgs: int, rebuild: list[str], cross_org_forks: bool = False,
 ) -> _CellResult:
     writer = _Writer(conn, seed, scale, orgs)
     try:
         writer.prepare()
         writer.cluster_wide()
         for org in org_ids:
-            # Every other organization of org 1's cell forks one of org 1's projects.
-            upstream = writer.ids.get(1) if org != 1 and org >= 3 else None
-            writer.organization(org, upstream)
+            # Every other organization of org 1's cell forks a project: by default its own (a fork
+            # in another organization leaves merge_requests.source_project_id dangling on the
+            # target of a move, which the FK check refuses); org 1's with cross_org_forks.
+            forks = org != 1 and org >= 3
+            upstream = writer.ids.get(1) if forks and cross_org_forks else None
+            writer.organization(org, upstream, fork=forks)
         _rebuild_indexes(conn, rebuild)
     except psycopg.Error as exc:
         raise translate(exc, cell=cell, what="seed fixture data") from exc
@@ -870,9 +891,11 @@ def _seed_cell(
 
 def seed(
     cell_dsns: Mapping[str, str], *, orgs: int = 3, scale: str = "small", seed: int = 42,
-    analyze: bool = True,
+    analyze: bool = True, cross_org_forks: bool = False,
 ) -> SeedReport:
     """Seed fixture data: cluster-wide rows into every cell, each organization into its home cell.
+    ``cross_org_forks``: organizations 3+ fork a project of organization 1 (merge requests across
+    organizations) instead of one of their own.
 
     Refuses (``PreflightFailed``) when a cell already holds organizations or users. All cells are
     written in parallel and committed together once every cell succeeded.
@@ -918,7 +941,7 @@ def seed(
                 name: pool.submit(
                     _seed_cell, conns[name], name,
                     [o for o in range(1, orgs + 1) if homes[o] == name], seed, sc, orgs,
-                    rebuild.get(name, []),
+                    rebuild.get(name, []), cross_org_forks,
                 )
                 for name in names
             }

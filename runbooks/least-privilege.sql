@@ -1,4 +1,5 @@
--- orgmove's least-privilege roles (issue 8; runbook: runbooks/09-least-privilege.md).
+-- orgmove's least-privilege roles (issue 8; runbook: runbooks/09-least-privilege.md; every grant
+-- and why: docs/privileges.md).
 --
 -- Run it as an administrator on EVERY Cell's database (a Cell is the source of some moves and
 -- the target of others), AFTER the write fence (orgmove/sql/cell_schema.sql) is installed:
@@ -105,6 +106,14 @@ GRANT EXECUTE ON FUNCTION orgmove.fence_lock_key(text), orgmove.assert_writable(
     orgmove.assert_writable(bigint) TO orgmove_writer;
 -- After the flip the target lifts any fence a previous move (the move back) left on it.
 GRANT SELECT, DELETE ON TABLE orgmove.fences TO orgmove_writer;
+-- The copy and the cutover's resync write the org's rows as a replica
+-- (session_replication_role = replica: the target's triggers and per-row FK triggers do not fire;
+-- orgmove then checks the foreign keys set-based). PostgreSQL 15+ grants the parameter; on older
+-- servers only a superuser may set it, and moves need --no-replica-role.
+SELECT current_setting('server_version_num')::int >= 150000 AS can_grant_parameter \gset
+\if :can_grant_parameter
+GRANT SET ON PARAMETER session_replication_role TO orgmove_writer;
+\endif
 
 -- --- orgmove_cleanup: the source, after the flip only --------------------------------------------
 GRANT CONNECT ON DATABASE :"dbname" TO orgmove_cleanup;

@@ -190,10 +190,11 @@ def test_schema_has_the_hard_parts(empty_cells: CellDbs) -> None:
     fk_columns = {r[0] for r in loose}
     for col in ("notes.project_id", "notes.noteable_id", "routes.source_id", "members.source_id",
                 "ci_pipelines.project_id", "p_ci_builds.project_id", "ci_job_artifacts.project_id",
-                "merge_requests.source_project_id", "projects.forked_from_project_id",
+                "projects.forked_from_project_id",
                 "label_links.target_id", "web_hook_logs_archive.project_id"):
         assert col not in fk_columns, col
     assert "namespaces.parent_id" in fk_columns
+    assert "merge_requests.source_project_id" in fk_columns  # GitLab's FK
     assert "ci_job_artifacts.job_id" in fk_columns
 
 
@@ -233,7 +234,7 @@ def test_install_schema_is_idempotent_and_sets_the_cell_range(fresh_pair: dict[s
             "SELECT schemaname, sequencename FROM pg_sequences"
             " WHERE schemaname IN ('public', 'gitlab_partitions_dynamic')"
         ).fetchall()
-        assert len(seqs) == 15
+        assert len(seqs) == 16  # 15 id sequences and the issues_created_counter
         for schema, name in seqs:
             value = conn.execute(
                 sql.SQL("SELECT nextval({})").format(sql.Literal(f"{schema}.{name}"))
@@ -400,16 +401,26 @@ def test_data_has_the_hard_values(cells: CellDbs) -> None:
     assert dupes >= 1
 
 
-def test_org_3_forks_into_org_1(cells: CellDbs) -> None:
-    dsn = cells.dsn("cell-1")
-    rows = query(
-        dsn,
-        "SELECT tn.organization_id, sn.organization_id, sp.forked_from_project_id = tp.id"
-        " FROM merge_requests m"
-        " JOIN projects tp ON tp.id = m.target_project_id JOIN namespaces tn ON tn.id = tp.namespace_id"
-        " JOIN projects sp ON sp.id = m.source_project_id JOIN namespaces sn ON sn.id = sp.namespace_id"
-        " WHERE tn.organization_id <> sn.organization_id",
-    )
+_FORK_MRS = (
+    "SELECT tn.organization_id, sn.organization_id, sp.forked_from_project_id = tp.id"
+    " FROM merge_requests m"
+    " JOIN projects tp ON tp.id = m.target_project_id JOIN namespaces tn ON tn.id = tp.namespace_id"
+    " JOIN projects sp ON sp.id = m.source_project_id JOIN namespaces sn ON sn.id = sp.namespace_id"
+    " WHERE m.source_project_id <> m.target_project_id"
+)
+
+
+def test_org_3_forks_within_itself_by_default(cells: CellDbs) -> None:
+    # A fork in another organization would dangle on the target of a move (the FK check refuses
+    # it), so by default an organization forks one of its own projects.
+    rows = query(cells.dsn("cell-1"), _FORK_MRS)
+    assert len(rows) >= 3
+    assert set(rows) == {(3, 3, True)}
+
+
+def test_org_3_forks_into_org_1_on_request(fresh_pair: dict[str, str]) -> None:
+    seed(fresh_pair, orgs=3, scale="tiny", cross_org_forks=True, analyze=False)
+    rows = query(fresh_pair["cell-1"], _FORK_MRS)
     assert len(rows) >= 3
     assert set(rows) == {(1, 3, True)}
 

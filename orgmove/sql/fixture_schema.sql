@@ -9,8 +9,13 @@
 --   * polymorphic links without FK: routes, members (source_type/source_id), notes
 --     (noteable_type/noteable_id), label_links (target_type/target_id)
 --   * links only by a sharding rule (no FK): notes.project_id, ci_* .project_id,
---     web_hook_logs_archive.project_id, merge_requests.source_project_id (a fork, maybe in
---     another organization), projects.forked_from_project_id
+--     web_hook_logs_archive.project_id, projects.forked_from_project_id
+--   * GitLab's FK merge_requests.source_project_id -> projects(id): not the owner (the target
+--     project is); a fork in ANOTHER organization would dangle on the target after a move, which
+--     the FK check refuses (the seed forks within the organization)
+--   * GitLab's trigger shapes: a BEFORE INSERT trigger assigning p_ci_builds.id from the
+--     sequence (assign_p_ci_builds_id_value), an AFTER INSERT trigger on issues keeping a counter
+--     (the sequence issues_created_counter); a move writes as a replica and fires neither
 --   * LIST-partitioned p_ci_builds, referenced by a composite FK from ci_job_artifacts
 --   * composite primary key: project_authorizations; no primary key: web_hook_logs_archive
 --   * generated column: projects.path_lower; identity column: project_statistics.id
@@ -122,10 +127,22 @@ CREATE TABLE public.issues (
 CREATE UNIQUE INDEX index_issues_on_project_id_and_iid ON public.issues (project_id, iid);
 CREATE INDEX index_issues_on_author_id ON public.issues (author_id);
 
+-- A counter kept by an AFTER trigger (SECURITY DEFINER: any role inserting issues bumps it).
+CREATE SEQUENCE public.issues_created_counter;
+CREATE FUNCTION public.bump_issues_created_counter() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM nextval('public.issues_created_counter'::regclass);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER bump_issues_created_counter AFTER INSERT ON public.issues
+    FOR EACH ROW EXECUTE FUNCTION public.bump_issues_created_counter();
+
 CREATE TABLE public.merge_requests (
     id bigserial PRIMARY KEY,
     target_project_id bigint NOT NULL REFERENCES public.projects (id),
-    source_project_id bigint,  -- no FK: may be a fork in another organization
+    source_project_id bigint REFERENCES public.projects (id),  -- a fork, maybe elsewhere
     author_id bigint REFERENCES public.users (id),
     iid integer NOT NULL,
     title text NOT NULL,
@@ -216,6 +233,16 @@ CREATE TABLE gitlab_partitions_dynamic.ci_builds_101
     PARTITION OF public.p_ci_builds FOR VALUES IN (101);
 CREATE INDEX index_p_ci_builds_on_project_id ON public.p_ci_builds (project_id);
 CREATE INDEX index_p_ci_builds_on_commit_id ON public.p_ci_builds (commit_id);
+
+-- GitLab's shape: every new build takes its id from the sequence, whatever the INSERT says.
+CREATE FUNCTION public.assign_p_ci_builds_id_value() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.id := nextval('public.p_ci_builds_id_seq'::regclass);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER assign_p_ci_builds_id_value BEFORE INSERT ON public.p_ci_builds
+    FOR EACH ROW EXECUTE FUNCTION public.assign_p_ci_builds_id_value();
 
 CREATE TABLE public.ci_job_artifacts (
     id bigserial PRIMARY KEY,
