@@ -156,7 +156,8 @@ SELECT q.schema_name || '.' || q.table_name, tn.nspname || '.' || tc.relname, t.
 FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS q(schema_name, table_name)
 JOIN pg_namespace n ON n.nspname = q.schema_name
 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = q.table_name
-CROSS JOIN LATERAL pg_partition_tree(c.oid) pt
+-- pg_partition_tree() returns nothing for a plain table: the table itself, then its partitions.
+CROSS JOIN LATERAL (SELECT c.oid AS relid UNION SELECT relid FROM pg_partition_tree(c.oid)) pt
 JOIN pg_trigger t ON t.tgrelid = pt.relid
 JOIN pg_class tc ON tc.oid = t.tgrelid
 JOIN pg_namespace tn ON tn.oid = tc.relnamespace
