@@ -134,7 +134,9 @@ def test_full_move_with_least_privilege_roles(roles: World) -> None:
     from orgmove.plan import read_plan
 
     plan = read_plan(plan_path)
+    assert plan.replica_role  # the writer holds SET ON PARAMETER session_replication_role
     dst_others = other_rows_checksums(dst, plan)
+    counter_before = _issues_counter(dst)
     copied = _cli(config, "copy", str(plan_path), "--chunk-rows", "30", "--json")
     assert copied["rows"] > 0
     verified = _cli(config, "verify", str(plan_path), "--json")
@@ -151,6 +153,7 @@ def test_full_move_with_least_privilege_roles(roles: World) -> None:
     assert world.owner(1) == "cell-2" and world.org_state(1) == "active"
     assert org_checksums(dst, plan) == org_checksums(src, plan)
     assert other_rows_checksums(dst, plan) == dst_others
+    assert _issues_counter(dst) == counter_before  # written as a replica: the AFTER trigger never ran
     assert not can_write(src, 1) and can_write(dst, 1)
 
     # The move state lives in tables the writer created and owns; the fence stays the admin's.
@@ -195,3 +198,39 @@ def test_rollback_and_aborted_cutover_with_least_privilege_roles(roles: World) -
     assert rolled["rows_deleted"] > 0
     assert sum(org_row_counts(dst, 1).values()) == 0
     assert world.owner(1) == "cell-1" and can_write(src, 1)
+
+
+def _issues_counter(dsn: str) -> tuple[int, bool]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT last_value, is_called FROM public.issues_created_counter").fetchone()
+    assert row is not None
+    return int(row[0]), bool(row[1])
+
+
+def test_without_the_set_grant_the_preflight_names_it(roles: World) -> None:
+    world = roles
+    config = write_role_config(world, "least.toml", "reader")
+    plan_path = world.config_path.parent / "noset.plan.json"
+    dst = world.dsn("cell-2")
+    _cli(config, "plan", "--org", "1", "--from", "cell-1", "--to", "cell-2", "--rules", RULES,
+         "--out", str(plan_path))
+    with psycopg.connect(dst) as conn:
+        conn.execute("REVOKE SET ON PARAMETER session_replication_role FROM orgmove_writer")
+    grant = 'GRANT SET ON PARAMETER session_replication_role TO "orgmove_writer"'
+    for args in (("plan", "--org", "1", "--from", "cell-1", "--to", "cell-2", "--rules", RULES,
+                  "--out", str(plan_path.with_name("again.plan.json"))),
+                 ("copy", str(plan_path))):
+        proc = orgmove_cli("--config", str(config), *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert "may not set session_replication_role" in proc.stderr
+        assert grant in proc.stderr and "--no-replica-role" in proc.stderr
+    assert not plan_path.with_name("again.plan.json").exists()
+    assert sum(org_row_counts(dst, 1).values()) == 0  # nothing changed on the target
+    with psycopg.connect(dst) as conn:
+        # The copy stopped before creating the move state.
+        assert conn.execute("SELECT to_regclass('orgmove.chunks')").fetchone() == (None,)
+    # --no-replica-role without the grant: the fixture's BEFORE trigger is refused by name.
+    proc = orgmove_cli("--config", str(config), "plan", "--org", "1", "--from", "cell-1", "--to",
+                       "cell-2", "--rules", RULES, "--out", str(plan_path), "--no-replica-role")
+    assert proc.returncode == 2 and "assign_p_ci_builds_id_value" in proc.stderr, proc.stderr
