@@ -7,7 +7,9 @@
 - Each chunk's rows and its checkpoint commit in ONE target transaction: after a crash a chunk is
   either copied and recorded, or absent. Resume skips done chunks; nothing is copied twice.
 - Rows flow as raw binary COPY bytes through a bounded queue; they are never decoded in Python.
-- Tables start only when the tables they reference are complete (the target enforces FKs).
+- Written as a replica (the plan's ``replica_role``), chunks go in plan order without waiting;
+  as a plain client, tables start only when the tables they reference are complete (the target
+  enforces FKs).
 """
 
 from __future__ import annotations
@@ -202,8 +204,11 @@ class Scheduler:
     def __init__(self, plan: Plan, pending: dict[str, list[ChunkTask]]) -> None:
         planned = {s.table for s in plan.steps}
         self.order = [s.table for s in plan.steps]
+        # Written as a replica, the target does not check FKs row by row (fkcheck.py checks them
+        # after the copy): any chunk may go, so no worker idles waiting for a parent table.
         self.deps = {
-            s.table: {d for d in s.depends_on if d in planned and d != s.table} for s in plan.steps
+            s.table: set() if plan.replica_role
+            else {d for d in s.depends_on if d in planned and d != s.table} for s in plan.steps
         }
         self.pending = {t: list(tasks) for t, tasks in pending.items()}
         self.in_flight = {t: 0 for t in self.order}
