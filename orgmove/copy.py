@@ -179,7 +179,9 @@ def compute_chunks(
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(import_snapshot(snapshot_id))
         for step in plan.steps:
-            if single_chunk_only(step):
+            # A table the plan counted (exactly, up to 200,000 rows) at no more than one chunk
+            # is one chunk: no boundaries pass over it (WHOLE holds every row, whatever the count).
+            if single_chunk_only(step) or step.estimated_rows <= chunk_rows // 2:
                 result[step.table] = [WHOLE]
                 continue
             rows = conn.execute(boundaries_query(step, plan.root, plan.org, chunk_rows)).fetchall()
