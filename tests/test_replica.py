@@ -106,7 +106,7 @@ def test_move_into_a_target_with_triggers_lands_rows_as_on_the_source(world: Wor
 
     copied = _cli(world.config_path, "copy", str(path), "--chunk-rows", "40", "--json")
     assert copied["rows"] > 0
-    verified = _cli(world.config_path, "verify", str(path), "--json")
+    verified = _cli(world.config_path, "verify", str(path), "--foreign-keys", "--json")
     assert verified["equal"] is True
     fk = verified["foreign_keys"]
     assert fk["clean"] is True and fk["checked"] >= 5 and fk["checked"] + fk["implied"] >= 20
@@ -190,7 +190,10 @@ def test_dangling_reference_exits_3_and_the_cutover_does_not_flip(world: World) 
     mr_id, fork_id = row
     _cli(world.config_path, "copy", str(path))
 
-    verify = orgmove_cli("--config", str(world.config_path), "verify", str(path), "--json")
+    plain = orgmove_cli("--config", str(world.config_path), "verify", str(path), "--json")
+    assert plain.returncode == 0 and json.loads(plain.stdout)["foreign_keys"] is None
+    verify = orgmove_cli("--config", str(world.config_path), "verify", str(path), "--foreign-keys",
+                         "--json")
     assert verify.returncode == 3, verify.stderr
     doc = json.loads(verify.stdout)
     assert doc["equal"] is True  # the rows are equal; the reference dangles
