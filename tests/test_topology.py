@@ -20,8 +20,8 @@ from orgmove.topology.client import (
     TopologyClient,
     seed_claims,
 )
+from orgmove.topology.models import Bucket, Claim, ClaimIn, Source, Subject, route_prefixes
 from orgmove.topology.server import parse_listen, run_in_thread
-from orgmove.topology.store import Bucket, Claim, ClaimIn, Source, Subject, route_prefixes
 from tests.pgfixtures import Servers
 
 TOKEN = "s3cret-topology-token"

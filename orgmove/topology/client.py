@@ -28,12 +28,12 @@ from orgmove.errors import (
     BadInput,
     OrgmoveError,
     PermanentError,
-    TopologyRefused,
     TopologyUnavailable,
     UnknownOrganization,
 )
 from orgmove.retry import RetryPolicy, retry_sync
-from orgmove.topology.store import (
+from orgmove.topology.api import ClaimLeased, LeaseExpired, ServiceRefused, TopologyAPI, refusal
+from orgmove.topology.models import (
     BeginUpdateResponse,
     Bucket,
     Cell,
@@ -53,46 +53,16 @@ __all__ = [
     "ClaimLeased",
     "LeaseExpired",
     "ServiceRefused",
+    "TopologyAPI",
     "TopologyClient",
     "seed_claims",
 ]
 
 
-class ServiceRefused(TopologyRefused):
-    """The Topology Service refused the request; nothing was changed by it."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        fix: str = "",
-        reason: str = "refused",
-        status: int = 409,
-        retryable: bool = False,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            message, fix=fix, details={"reason": reason, "status": status, **(details or {})}
-        )
-        self.reason = reason
-        self.status = status
-        self.retryable = retryable
-
-
-class ClaimLeased(ServiceRefused):
-    """'Try again later': a pending lease (or a fence) holds what the request needs."""
-
-    code = "claim_leased"
-
-
-class LeaseExpired(ServiceRefused):
-    """The move's lease expired (HTTP 410): abort it and begin a new move."""
-
-    code = "lease_expired"
-
-
-
 class TopologyClient:
+    """The HTTP implementation of :class:`~orgmove.topology.api.TopologyAPI` (and the rest of the
+    service's API: leases, listings, classify)."""
+
     def __init__(
         self,
         url: str,
@@ -171,19 +141,10 @@ class TopologyClient:
                 f"the Topology Service at {self.url} refused the token: {message}",
                 fix="set the service token in orgmove.toml [topology] token or token_env",
             )
-        if code == "unknown_organization":
-            return UnknownOrganization(message, fix=fix)
-        if status >= 500:
+        if status >= 500 and code != "unknown_organization":
             return PermanentError(f"the Topology Service failed: {message}", fix=fix)
-        cls: type[ServiceRefused] = ServiceRefused
-        if code in ("claim_leased", "org_read_only"):
-            cls = ClaimLeased
-        elif code == "lease_expired":
-            cls = LeaseExpired
-        return cls(
-            message, fix=fix, reason=code, status=status,
-            retryable=bool(body.get("retryable")), details=details,
-        )
+        return refusal(code, status, message, fix, retryable=bool(body.get("retryable")),
+                       details=details)
 
     def _request(
         self,
@@ -474,7 +435,7 @@ def cell_claims(dsn: str, cell: str) -> list[ClaimIn]:
 
 
 def seed_claims(
-    client: TopologyClient, cell_dsns: Mapping[str, str], *, batch_size: int = 1000
+    client: TopologyAPI, cell_dsns: Mapping[str, str], *, batch_size: int = 1000
 ) -> dict[str, int]:
     """Create the claims of every cell's organizations and routes on the cell that holds them.
     Idempotent: buckets the cell already claims are skipped. The cells must be registered.

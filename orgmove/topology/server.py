@@ -27,7 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from orgmove import __version__
 from orgmove.config import redact
 from orgmove.errors import ConfigError, EnvironmentProblem, OrgmoveError
-from orgmove.topology.store import (
+from orgmove.topology.database import DEFAULT_POOL_SIZE, DEFAULT_WAIT_TIMEOUT_S
+from orgmove.topology.models import (
     BatchRequest,
     BeginUpdateRequest,
     BeginUpdateResponse,
@@ -49,8 +50,8 @@ from orgmove.topology.store import (
     MoveToken,
     Organization,
     ServiceError,
-    Store,
 )
+from orgmove.topology.store import Store
 
 log = logging.getLogger("orgmove.topology")
 
@@ -60,7 +61,7 @@ _bearer = HTTPBearer(auto_error=False, description="the service token (orgmove.t
 def _reaper(store: Store, interval_s: float, stop: threading.Event) -> None:
     while not stop.wait(interval_s):
         try:
-            n = store.reap_expired_moves()
+            n = store.moves.reap_expired_moves()
             if n:
                 log.warning("aborted %d move(s) whose lease expired", n)
         except ServiceError as exc:
@@ -69,10 +70,18 @@ def _reaper(store: Store, interval_s: float, stop: threading.Event) -> None:
             log.exception("lease reaper failed")
 
 
-def create_app(dsn: str, token: str | None, *, reap_interval_s: float = 1.0) -> FastAPI:
+def create_app(
+    dsn: str,
+    token: str | None,
+    *,
+    reap_interval_s: float = 1.0,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    pool_wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
+) -> FastAPI:
     """The FastAPI app. The schema is created (idempotently) at startup; a background thread
-    aborts moves whose lease expired, so a crashed mover leaves the organization writable."""
-    store = Store(dsn)
+    aborts moves whose lease expired, so a crashed mover leaves the organization writable.
+    At most ``pool_size`` database connections; a request waits ``pool_wait_timeout_s`` for one."""
+    store = Store(dsn, pool_size=pool_size, pool_wait_timeout_s=pool_wait_timeout_s)
     expected = token.encode() if token else None
 
     @contextlib.asynccontextmanager
@@ -152,33 +161,33 @@ def create_app(dsn: str, token: str | None, *, reap_interval_s: float = 1.0) -> 
 
     @app.put("/v1/cells/{name}", dependencies=auth, tags=["cells"])
     def register_cell(name: str, body: CellIn) -> Cell:
-        return store.register_cell(name, body)
+        return store.claims.register_cell(name, body)
 
     @app.get("/v1/cells", tags=["cells"])
     def list_cells() -> list[Cell]:
-        return store.list_cells()
+        return store.claims.list_cells()
 
     @app.get("/v1/cells/{name}", tags=["cells"])
     def get_cell(name: str) -> Cell:
         """Includes the cell's id range (GitLab's GetCellSequenceInfo)."""
-        return store.get_cell(name)
+        return store.claims.get_cell(name)
 
     # --- claims ------------------------------------------------------------------------------
 
     @app.post("/v1/leases", dependencies=auth, tags=["claims"])
     def begin_update(body: BeginUpdateRequest) -> BeginUpdateResponse:
         """BeginUpdate: lease the records to create and destroy, all or nothing."""
-        return store.begin_update(body)
+        return store.claims.begin_update(body)
 
     @app.post("/v1/leases/{lease_uuid}/commit", dependencies=auth, tags=["claims"])
     def commit_update(lease_uuid: UUID, body: LeaseAction) -> Lease:
         """CommitUpdate (idempotent)."""
-        return store.commit_update(lease_uuid, body.cell_id)
+        return store.claims.commit_update(lease_uuid, body.cell_id)
 
     @app.post("/v1/leases/{lease_uuid}/rollback", dependencies=auth, tags=["claims"])
     def rollback_update(lease_uuid: UUID, body: LeaseAction) -> Lease:
         """RollbackUpdate (idempotent)."""
-        return store.rollback_update(lease_uuid, body.cell_id)
+        return store.claims.rollback_update(lease_uuid, body.cell_id)
 
     @app.get("/v1/leases", tags=["claims"])
     def list_leases(
@@ -188,12 +197,12 @@ def create_app(dsn: str, token: str | None, *, reap_interval_s: float = 1.0) -> 
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> LeasePage:
         """ListLeases: pending leases by default (``status=`` empty for all)."""
-        return store.list_leases(cell_id=cell_id, status=status or None, cursor=cursor, limit=limit)
+        return store.claims.list_leases(cell_id=cell_id, status=status or None, cursor=cursor, limit=limit)
 
     @app.post("/v1/claims/batch", dependencies=auth, tags=["claims"])
     def create_claims(body: BatchRequest) -> list[Claim]:
         """BeginUpdate + CommitUpdate in one transaction (seeding)."""
-        return store.create_claims(body)
+        return store.claims.create_claims(body)
 
     @app.get("/v1/claims", tags=["claims"])
     def list_claims(
@@ -205,7 +214,7 @@ def create_app(dsn: str, token: str | None, *, reap_interval_s: float = 1.0) -> 
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> ClaimPage:
         """ListRecords, paged with an opaque cursor (``next_cursor`` is null on the last page)."""
-        return store.list_claims(
+        return store.claims.list_claims(
             cell_id=cell_id, organization_id=organization_id, bucket_type=bucket_type,
             status=status, cursor=cursor, limit=limit,
         )
@@ -223,55 +232,55 @@ def create_app(dsn: str, token: str | None, *, reap_interval_s: float = 1.0) -> 
     )
     def classify_get(type: BucketType, value: Annotated[str, Query(min_length=1)]) -> Any:
         """What the router asks for every request; answers may be cached for a short time."""
-        return _classified(store.classify(type, value))
+        return _classified(store.claims.classify(type, value))
 
     @app.post(
         "/v1/classify", tags=["classify"], response_model=Classification,
         responses={404: {"model": Classification, "description": "reject: nobody claims it"}},
     )
     def classify_post(body: ClassifyRequest) -> Any:
-        return _classified(store.classify(body.type, body.value))
+        return _classified(store.claims.classify(body.type, body.value))
 
     # --- organizations -----------------------------------------------------------------------
 
     @app.get("/v1/organizations/{org_id}", tags=["organizations"])
     def get_organization(org_id: int) -> Organization:
-        return store.get_organization(org_id)
+        return store.claims.get_organization(org_id)
 
     # --- moves -------------------------------------------------------------------------------
 
     @app.post("/v1/moves", dependencies=auth, tags=["moves"])
     def begin_move(body: MoveBegin) -> Move:
         """Take the move lease: one live move per organization; a new fencing token."""
-        return store.begin_move(body)
+        return store.moves.begin_move(body)
 
     @app.get("/v1/moves", tags=["moves"])
     def list_moves(
         org_id: int | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> list[Move]:
-        return store.list_moves(org_id, limit)
+        return store.moves.list_moves(org_id, limit)
 
     @app.get("/v1/moves/{move_id}", tags=["moves"])
     def get_move(move_id: UUID) -> Move:
-        return store.get_move(move_id)
+        return store.moves.get_move(move_id)
 
     @app.post("/v1/moves/{move_id}/renew", dependencies=auth, tags=["moves"])
     def renew_move(move_id: UUID, body: MoveRenew) -> Move:
-        return store.renew_move(move_id, body.token, body.lease_ttl_s)
+        return store.moves.renew_move(move_id, body.token, body.lease_ttl_s)
 
     @app.post("/v1/moves/{move_id}/fence", dependencies=auth, tags=["moves"])
     def fence_move(move_id: UUID, body: MoveToken) -> Move:
         """The organization becomes read-only."""
-        return store.fence_move(move_id, body.token)
+        return store.moves.fence_move(move_id, body.token)
 
     @app.post("/v1/moves/{move_id}/commit", dependencies=auth, tags=["moves"])
     def commit_move(move_id: UUID, body: MoveCommit) -> Move:
         """Compare-and-swap every claim of the organization to the target cell."""
-        return store.commit_move(move_id, body.token, body.expected_owner)
+        return store.moves.commit_move(move_id, body.token, body.expected_owner)
 
     @app.post("/v1/moves/{move_id}/abort", dependencies=auth, tags=["moves"])
     def abort_move(move_id: UUID, body: MoveAbort) -> Move:
-        return store.abort_move(move_id, body.token, body.reason)
+        return store.moves.abort_move(move_id, body.token, body.reason)
 
     return app
 
@@ -368,6 +377,8 @@ def run_in_thread(
     host: str = "127.0.0.1",
     reap_interval_s: float = 0.2,
     startup_timeout_s: float = 30.0,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    pool_wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
 ) -> Iterator[str]:
     """Run the real service in a background thread; yield its base URL; stop it on exit.
     ``port=0`` takes a free port (bound before the server starts, so there is no race)."""
@@ -381,7 +392,8 @@ def run_in_thread(
             f"cannot listen on {host}:{port}: {exc.strerror}", fix="pick another port"
         ) from None
     bound = int(sock.getsockname()[1])
-    app = create_app(dsn, token, reap_interval_s=reap_interval_s)
+    app = create_app(dsn, token, reap_interval_s=reap_interval_s, pool_size=pool_size,
+                     pool_wait_timeout_s=pool_wait_timeout_s)
     server = uvicorn.Server(_uvicorn_config(app, host, bound, "warning", embedded=True))
     errors: list[BaseException] = []
 
