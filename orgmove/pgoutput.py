@@ -324,9 +324,10 @@ class Decoder:
         return r.uint32() if self.streaming_xid is not None else None
 
     def _decode(self, kind: str, r: _Reader) -> PgoutputMessage:
+        xid: int | None
         if kind == "B":
-            final_lsn, ts, xid = r.unpack(_BEGIN)
-            return Begin(final_lsn, ts, xid)
+            final_lsn, ts, begin_xid = r.unpack(_BEGIN)
+            return Begin(final_lsn, ts, begin_xid)
         if kind == "C":
             flags, commit_lsn, end_lsn, ts = r.unpack(_COMMIT)
             return Commit(flags, commit_lsn, end_lsn, ts)
@@ -397,8 +398,8 @@ class Decoder:
             self.streaming_xid = None
             return StreamStop()
         if kind == "c":
-            xid, flags, commit_lsn, end_lsn, ts = r.unpack(_STREAM_COMMIT)
-            return StreamCommit(xid, flags, commit_lsn, end_lsn, ts)
+            stream_xid, flags, commit_lsn, end_lsn, ts = r.unpack(_STREAM_COMMIT)
+            return StreamCommit(stream_xid, flags, commit_lsn, end_lsn, ts)
         if kind == "A":
             return StreamAbort(r.uint32(), r.uint32())
         raise DecodeError(f"unknown pgoutput message type {kind!r}")
