@@ -33,8 +33,10 @@ FAST_SETTINGS: dict[str, str] = {
     "max_wal_size": "'2GB'",
     "shared_buffers": "'128MB'",
     "max_connections": "200",
-    "wal_level": "replica",
-    "max_wal_senders": "4",
+    # Change capture (orgmove.capture) needs logical decoding; tests create many slots at once.
+    "wal_level": "logical",
+    "max_replication_slots": "20",
+    "max_wal_senders": "20",
     "log_min_messages": "warning",
     "log_line_prefix": "'%m [%p] %a '",
     "timezone": "'UTC'",

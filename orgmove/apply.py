@@ -1,0 +1,496 @@
+"""Exactly-once apply of decoded pgoutput changes to the target Cell, in source commit order.
+
+Each source transaction (or a batch of consecutive ones) becomes one target transaction that runs
+with ``session_replication_role = replica`` (the source already checked FKs and fired triggers)
+and that records, through ``pg_replication_origin_xact_setup``, the source commit LSN in a
+replication origin named after the move. PostgreSQL writes the origin's progress in the target's
+commit record, so the rows and the position commit together or not at all. After a crash (kill -9
+at any point) the apply resumes from ``pg_replication_origin_progress(origin, true)`` and skips
+every transaction whose commit LSN is not above it: nothing is applied twice, even for tables
+without a unique key, and nothing is lost, since the source slot is only told to release a
+position after its target commit (:meth:`orgmove.capture.ChangeStream.confirm`).
+
+Changes are executed as they stream inside the open target transaction, in groups of at most
+``group_rows`` statements of the same shape, so a source transaction of any size needs bounded
+memory. Values travel in text format (as pgoutput sends them) with an explicit cast to the target
+column's type; an UPDATE sets only the columns that are not unchanged TOAST.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+import psycopg.types.string
+from psycopg import sql
+
+from orgmove import faults
+from orgmove.errors import PermanentError
+from orgmove.pgoutput import (
+    LSN,
+    UNCHANGED_TOAST,
+    Begin,
+    ColumnValue,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Origin,
+    PgoutputMessage,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    TupleData,
+    Type,
+    Update,
+    lsn_to_str,
+    pg_timestamp,
+)
+
+
+class ApplyFailed(PermanentError):
+    code = "apply_failed"
+
+
+# --- the row filter hook --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One decoded row change, with its relation, as the row filter sees it."""
+
+    kind: Literal["insert", "update", "delete"]
+    relation: Relation
+    new: TupleData | None
+    old: TupleData | None
+
+    def value(self, column: str, *, old: bool = False) -> ColumnValue:
+        """The column's value in the new tuple (or the old one); UNCHANGED_TOAST or None when the
+        tuple does not carry it."""
+        row = self.old if old else self.new
+        if row is None:
+            return None
+        for index, col in enumerate(self.relation.columns):
+            if col.name == column:
+                return row[index]
+        raise KeyError(column)
+
+
+RowFilter = Callable[[RowChange], bool]
+"""Decides whether a change belongs to the organization being moved (True: apply it)."""
+
+
+def apply_everything(change: RowChange) -> bool:
+    return True
+
+
+def column_equals(columns: Mapping[str, tuple[str, str]]) -> RowFilter:
+    """A direct-column filter: ``{"schema.table": (column, value_as_text)}``. Tables not listed
+    pass. An UPDATE is judged on its new tuple; a DELETE on its old tuple when that carries the
+    column, and otherwise passes (deleting by key is a no-op for a row the target does not have)."""
+
+    def keep(change: RowChange) -> bool:
+        rule = columns.get(f"{change.relation.namespace or 'pg_catalog'}.{change.relation.name}")
+        if rule is None:
+            return True
+        column, wanted = rule
+        value = change.value(column, old=change.kind == "delete")
+        if value is None and change.kind == "delete":
+            return True
+        if value is UNCHANGED_TOAST:
+            return True
+        return value == wanted
+
+    return keep
+
+
+# --- SQL rendering (pure) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetTable:
+    """A relation as the target knows it: the column types values are cast to."""
+
+    relation: Relation
+    types: dict[str, str]  # column name -> format_type() on the target
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.relation.namespace or "pg_catalog", self.relation.name)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.relation.namespace or 'pg_catalog'}.{self.relation.name}"
+
+    def placeholder(self, column: str) -> sql.Composable:
+        return sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(self.types[column]))
+
+
+def render_insert(table: TargetTable, new: TupleData) -> tuple[sql.Composed, list[ColumnValue]]:
+    names = [c.name for c in table.relation.columns]
+    if any(v is UNCHANGED_TOAST for v in new):
+        raise ApplyFailed(f"an INSERT into {table.qualified_name} carries an unchanged-TOAST marker",
+                          fix="this is a decoding bug: report it with the source's PostgreSQL version")
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        table.ident,
+        sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        sql.SQL(", ").join(table.placeholder(n) for n in names),
+    )
+    return query, list(new)
+
+
+def _match(table: TargetTable, row: TupleData, *, full: bool) -> tuple[sql.Composed, list[ColumnValue]]:
+    """WHERE condition selecting the row by its replica identity columns."""
+    conds: list[sql.Composable] = []
+    params: list[ColumnValue] = []
+    for col, value in zip(table.relation.columns, row, strict=True):
+        if not (col.is_key or full) or value is UNCHANGED_TOAST:
+            continue
+        if value is None:
+            conds.append(sql.SQL("{} IS NULL").format(sql.Identifier(col.name)))
+        else:
+            conds.append(sql.SQL("{} = {}").format(sql.Identifier(col.name), table.placeholder(col.name)))
+            params.append(value)
+    if not conds:
+        raise ApplyFailed(
+            f"a change to {table.qualified_name} carries no key to find its row on the target",
+            fix=f"give {table.qualified_name} a primary key or REPLICA IDENTITY FULL on the source",
+        )
+    return sql.SQL(" AND ").join(conds), params
+
+
+def _one_row(table: TargetTable, where: sql.Composed) -> sql.Composed:
+    # No unique key: touch exactly one of the identical rows, as the source did.
+    return sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(table.ident, where)
+
+
+def identity_is_full(table: TargetTable, old_kind: str | None) -> bool:
+    return old_kind == "O" or table.relation.replica_identity == "f"
+
+
+def render_update(
+    table: TargetTable, new: TupleData, old: TupleData | None, old_kind: str | None
+) -> tuple[sql.Composed, list[ColumnValue]] | None:
+    """None when no column changed value (every column unchanged TOAST)."""
+    sets: list[sql.Composable] = []
+    params: list[ColumnValue] = []
+    for col, value in zip(table.relation.columns, new, strict=True):
+        if value is UNCHANGED_TOAST:
+            continue  # keep the target's value: never write NULL for it
+        sets.append(sql.SQL("{} = {}").format(sql.Identifier(col.name), table.placeholder(col.name)))
+        params.append(value)
+    if not sets:
+        return None
+    full = identity_is_full(table, old_kind)
+    where, where_params = _match(table, old if old is not None else new, full=full)
+    if full:
+        where = _one_row(table, where)
+    query = sql.SQL("UPDATE {} SET {} WHERE {}").format(table.ident, sql.SQL(", ").join(sets), where)
+    return query, params + where_params
+
+
+def render_delete(table: TargetTable, old: TupleData, old_kind: str) -> tuple[sql.Composed, list[ColumnValue]]:
+    full = identity_is_full(table, old_kind)
+    where, params = _match(table, old, full=full)
+    if full:
+        where = _one_row(table, where)
+    return sql.SQL("DELETE FROM {} WHERE {}").format(table.ident, where), params
+
+
+# --- the applier ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ApplyStats:
+    transactions: int = 0
+    skipped_transactions: int = 0  # already applied before a restart
+    rows: int = 0
+    filtered_rows: int = 0
+    target_commits: int = 0
+
+
+@dataclass
+class _Group:
+    """Consecutive statements of one shape, run with one executemany (pipelined)."""
+
+    query: sql.Composed | None = None
+    params: list[list[ColumnValue]] = field(default_factory=list)
+    expect_rows: bool = False
+    table: str = ""
+
+
+class Applier:
+    """Applies one stream's messages to the target through ``conn`` (a psycopg 3 connection that
+    this object owns: it sets up the origin session and the replica role on it).
+
+    ``batch_txns`` consecutive source transactions share one target transaction (fewer commits);
+    :meth:`flush` commits a partial batch, and the caller calls it whenever the stream is idle.
+    ``on_commit(end_lsn)`` is told each position that is now durable on the target."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        origin: str,
+        *,
+        row_filter: RowFilter = apply_everything,
+        batch_txns: int = 1,
+        group_rows: int = 500,
+        on_commit: Callable[[LSN], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.origin = origin
+        self.row_filter = row_filter
+        self.batch_txns = max(1, batch_txns)
+        self.group_rows = group_rows
+        self.on_commit = on_commit
+        self.stats = ApplyStats()
+        self._tables: dict[int, TargetTable] = {}
+        self._skipping = False
+        self.in_source_transaction = False  # between a Begin and its Commit
+        self._batched = 0  # source transactions applied in the open target transaction
+        self._batch_commit: Commit | StreamCommit | None = None
+        self._group = _Group()
+        self._streams: dict[int, list[PgoutputMessage]] = {}
+        self._stream_xid: int | None = None
+        self.progress: LSN = 0
+        self._setup()
+
+    # setup ------------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        conn = self.conn
+        conn.autocommit = True
+        # Values are text as pgoutput sent them; "unknown" lets the explicit cast parse them directly.
+        conn.adapters.register_dumper(str, psycopg.types.string.StrDumperUnknown)
+        conn.execute(
+            "SELECT pg_replication_origin_create(%(o)s) WHERE pg_replication_origin_oid(%(o)s) IS NULL",
+            {"o": self.origin},
+        )
+        try:
+            conn.execute("SELECT pg_replication_origin_session_setup(%s)", [self.origin])
+        except psycopg.errors.ObjectInUse as exc:
+            raise ApplyFailed(
+                f"replication origin {self.origin!r} is in use by another applier on the target",
+                fix="another orgmove process applies this move: let it finish or stop it first",
+            ) from exc
+        conn.execute("SET session_replication_role = replica")
+        self.progress = read_origin_progress(conn, self.origin)
+        conn.autocommit = False
+
+    def close(self) -> None:
+        """Roll back an unfinished batch and leave the origin session (the connection stays)."""
+        if self.conn.closed:
+            return
+        self.conn.rollback()
+        self.conn.autocommit = True
+        self.conn.execute("SELECT pg_replication_origin_session_reset()")
+
+    # message handling ------------------------------------------------------------------------
+
+    def handle(self, message: PgoutputMessage) -> None:
+        if self._stream_xid is not None and not isinstance(message, StreamStop):
+            # Inside a streamed in-progress transaction: keep it until its Stream Commit. (Only
+            # with proto_version 2 and streaming on, which orgmove does not request yet.)
+            self._streams.setdefault(self._stream_xid, []).append(message)
+            return
+        if isinstance(message, Begin):
+            self._begin(message.final_lsn)
+        elif isinstance(message, Insert | Update | Delete):
+            if not self._skipping:
+                self._change(message)
+        elif isinstance(message, Commit):
+            self._commit(message)
+        elif isinstance(message, Relation):
+            self._relation(message)
+        elif isinstance(message, Truncate):
+            if not self._skipping:
+                names = ", ".join(self._tables[o].qualified_name for o in message.relation_oids if o in self._tables)
+                raise ApplyFailed(
+                    f"TRUNCATE of {names or 'a published table'} on the source during the move: it empties "
+                    "the table for every organization, so orgmove does not repeat it on the target",
+                    fix="stop the move (rollback), find who truncated the table, and start the move again",
+                )
+        elif isinstance(message, StreamStart):
+            self._stream_xid = message.xid
+        elif isinstance(message, StreamStop):
+            self._stream_xid = None
+        elif isinstance(message, StreamCommit):
+            self._begin(message.commit_lsn)
+            for change in self._streams.pop(message.xid, []):
+                if isinstance(change, Insert | Update | Delete) and not self._skipping:
+                    self._change(change)
+                elif isinstance(change, Relation):
+                    self._relation(change)
+            self._commit(message)
+        elif isinstance(message, StreamAbort):
+            if message.subxid == message.xid:
+                self._streams.pop(message.xid, None)
+            else:
+                # Subtransaction aborts are not told apart change by change in protocol v2.
+                raise ApplyFailed("a streamed subtransaction abort cannot be applied",
+                                  fix="do not enable streaming of in-progress transactions")
+        elif isinstance(message, Origin | Type | Message):
+            pass  # origins matter for the reverse stream, messages for cutover markers (later)
+
+    def _relation(self, rel: Relation) -> None:
+        rows = self.conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            [sql.Identifier(rel.namespace or "pg_catalog", rel.name).as_string(self.conn)],
+        ).fetchall()
+        types = {str(name): str(type_name) for name, type_name in rows}
+        missing = [c.name for c in rel.columns if c.name not in types]
+        if missing:
+            raise ApplyFailed(
+                f"{rel.namespace}.{rel.name} on the target has no column {', '.join(missing)} that the source sends",
+                fix="the schemas differ (DDL during the move?): stop the move and align the schemas",
+            )
+        self._tables[rel.relation_oid] = TargetTable(rel, types)
+
+    def _begin(self, commit_lsn: LSN) -> None:
+        self.in_source_transaction = True
+        self._skipping = commit_lsn <= self.progress
+        if self._skipping:
+            self.stats.skipped_transactions += 1
+
+    def _table(self, oid: int) -> TargetTable:
+        table = self._tables.get(oid)
+        if table is None:
+            raise ApplyFailed(f"a change refers to relation {oid} before its Relation message",
+                              fix="this is a protocol error: restart the stream")
+        return table
+
+    def _change(self, message: Insert | Update | Delete) -> None:
+        table = self._table(message.relation_oid)
+        rendered: tuple[sql.Composed, list[ColumnValue]] | None
+        if isinstance(message, Insert):
+            change = RowChange("insert", table.relation, message.new, None)
+            rendered = render_insert(table, message.new)
+            expect = False
+        elif isinstance(message, Update):
+            change = RowChange("update", table.relation, message.new, message.old)
+            rendered = render_update(table, message.new, message.old, message.old_kind)
+            expect = True
+        else:
+            change = RowChange("delete", table.relation, None, message.old)
+            rendered = render_delete(table, message.old, message.old_kind)
+            expect = True
+        if not self.row_filter(change):
+            self.stats.filtered_rows += 1
+            return
+        self.stats.rows += 1
+        if rendered is None:
+            return
+        query, params = rendered
+        group = self._group
+        if group.query is not None and (group.query != query or len(group.params) >= self.group_rows):
+            self._run_group()
+        group = self._group
+        group.query = query
+        group.params.append(params)
+        group.expect_rows = expect
+        group.table = table.qualified_name
+
+    def _run_group(self) -> None:
+        group = self._group
+        if group.query is None:
+            return
+        with self.conn.cursor() as cur:
+            cur.executemany(group.query, group.params)
+            affected = cur.rowcount
+        if group.expect_rows and affected != len(group.params):
+            raise ApplyFailed(
+                f"{len(group.params) - affected} UPDATE/DELETE of {group.table} found no row on the target",
+                fix="the target diverged from the source (written outside orgmove?): run verify and copy again",
+            )
+        self._group = _Group()
+
+    def _commit(self, commit: Commit | StreamCommit) -> None:
+        self.in_source_transaction = False
+        if self._skipping:
+            self._skipping = False
+            if self._batched == 0 and self.on_commit is not None:
+                self.on_commit(commit.end_lsn)  # applied before the restart: durable already
+            return
+        self.stats.transactions += 1
+        self._batched += 1
+        self._batch_commit = commit
+        if self._batched >= self.batch_txns:
+            self.flush()
+
+    def flush(self) -> LSN | None:
+        """Commit the open batch (if any) with its origin position; the durable end LSN. Inside a
+        source transaction it does nothing: a target commit never splits a source transaction."""
+        commit = self._batch_commit
+        if self.in_source_transaction:
+            return None
+        if commit is None:
+            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self.conn.rollback()  # only catalog reads (Relation messages of skipped transactions)
+            return None
+        self._run_group()
+        faults.failpoint("apply.before_commit")
+        # The origin position commits with the rows (even an empty, filtered-out batch records it).
+        self.conn.execute(
+            "SELECT pg_replication_origin_xact_setup(%s::pg_lsn, %s)",
+            [lsn_to_str(commit.commit_lsn), pg_timestamp(commit.commit_ts_us)],
+        )
+        self.conn.commit()
+        faults.failpoint("apply.after_commit")
+        self.stats.target_commits += 1
+        self.progress = commit.commit_lsn
+        self._batched = 0
+        self._batch_commit = None
+        if self.on_commit is not None:
+            self.on_commit(commit.end_lsn)
+        return commit.end_lsn
+
+
+def read_origin_progress(conn: psycopg.Connection[Any], origin: str) -> LSN:
+    """The last source commit LSN durably applied on the target (0: nothing yet)."""
+    from orgmove.pgoutput import str_to_lsn
+
+    row = conn.execute("SELECT pg_replication_origin_progress(%s, true)::text", [origin]).fetchone()
+    return 0 if row is None or row[0] is None else str_to_lsn(row[0])
+
+
+def drop_origin(conn: psycopg.Connection[Any], origin: str) -> None:
+    conn.execute(
+        "SELECT pg_replication_origin_drop(%(o)s) WHERE pg_replication_origin_oid(%(o)s) IS NOT NULL",
+        {"o": origin},
+    )
+
+
+def apply_until(
+    stream: Any, applier: Applier, until_lsn: LSN, *, timeout_s: float = 60.0,
+    stop_after_txns: int | None = None,
+) -> ApplyStats:
+    """Apply from ``stream`` (a :class:`orgmove.capture.ChangeStream`) until every source
+    transaction committed before ``until_lsn`` is durable on the target. ``stop_after_txns`` ends
+    early after that many applied transactions (tests use it to interrupt between transactions)."""
+    deadline = time.monotonic() + timeout_s
+    applied_at_start = applier.stats.transactions
+    while True:
+        item = stream.get(timeout=0.1)
+        if item is not None:
+            applier.handle(item.message)
+            if stop_after_txns is not None and applier.stats.transactions - applied_at_start >= stop_after_txns:
+                applier.flush()
+                return applier.stats
+            continue
+        # The stream is idle: commit a partial batch, then check whether we are there.
+        applier.flush()
+        if not applier.in_source_transaction and stream.idle and stream.received_lsn >= until_lsn:
+            return applier.stats
+        if time.monotonic() > deadline:
+            raise ApplyFailed(
+                f"the apply did not reach {lsn_to_str(until_lsn)} within {timeout_s:.0f} s "
+                f"(stream at {lsn_to_str(stream.received_lsn)}, applied {lsn_to_str(applier.progress)})",
+                fix="check the source slot (pg_replication_slots) and the target's load, then run again",
+            )
