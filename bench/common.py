@@ -21,9 +21,9 @@ sys.path.insert(0, str(REPO))
 
 from orgmove import planner, state  # noqa: E402
 from orgmove.config import load_config  # noqa: E402
-from orgmove.pgcluster import LocalCluster, free_port  # noqa: E402
 from orgmove.plan import Plan, read_plan, write_plan  # noqa: E402
-from orgmove.seed import install_schema, seed  # noqa: E402
+from orgmove.sandbox.pgcluster import LocalCluster, free_port  # noqa: E402
+from orgmove.sandbox.seed import install_schema, seed  # noqa: E402
 
 BENCH_DIR = REPO / ".orgmove" / "bench"
 RULES = str(REPO / "plans" / "gitlab.rules.yaml")

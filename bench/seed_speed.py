@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orgmove.pgcluster import LocalCluster, free_port
-from orgmove.seed import SCALES, seed
+from orgmove.sandbox.pgcluster import LocalCluster, free_port
+from orgmove.sandbox.seed import SCALES, seed
 
 
 def main(argv: list[str] | None = None) -> int:

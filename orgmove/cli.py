@@ -197,6 +197,7 @@ def plan(
     """
     G.json = as_json
     from orgmove import planner
+    from orgmove.movejob import owner_lookup
     from orgmove.plan import default_plan_path, write_plan
 
     config = G.config()
@@ -204,7 +205,7 @@ def plan(
     if suggest_rules:
         sys.stdout.write(planner.suggest_rules(config, org, from_cell, to_cell, rules))
         return
-    owner_of = _owner_lookup(config)
+    owner_of = owner_lookup(config)
     the_plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=owner_of,
                                  replica_role=not no_replica_role,
                                  allowed_triggers=_names(allow_triggers))
@@ -249,18 +250,6 @@ def _print_triggers(the_plan: Any) -> None:
         verdict = ("fires (allowed)" if t.allowed else "fires") if t.fires else "skipped"
         table.add_row(on, t.name, f"{t.timing} {'/'.join(t.events)} {t.level}", t.enabled, verdict)
     out.print(table)
-
-
-def _owner_lookup(config: Config) -> Any:
-    if config.topology is None:
-        return None
-    from orgmove.topology.client import client_from_config
-
-    def owner_of(org: Any) -> str | None:
-        with client_from_config(config) as client:
-            return client.owner_of_org(org)
-
-    return owner_of
 
 
 # --- copy ----------------------------------------------------------------------------------------
@@ -508,7 +497,7 @@ def rollback(plan_file: PlanArg, yes: YesOpt = False, as_json: JsonOpt = False) 
     Example: orgmove rollback plans/org-1-cell-1-cell-2.plan.json --yes
     """
     G.json = as_json
-    from orgmove.cutover import run_rollback
+    from orgmove.teardown import run_rollback
 
     config = G.config()
     the_plan = _load_plan(plan_file)
@@ -532,8 +521,8 @@ def cleanup(
     Example: orgmove cleanup plans/org-1-cell-1-cell-2.plan.json --yes
     """
     G.json = as_json
-    from orgmove.cutover import run_cleanup
     from orgmove.obs import make_progress
+    from orgmove.teardown import run_cleanup
 
     config = G.config()
     the_plan = _load_plan(plan_file)
@@ -556,7 +545,7 @@ def sandbox_up(directory: DirOpt = Path(".orgmove/sandbox"), as_json: JsonOpt = 
     Example: orgmove sandbox up && eval "$(orgmove sandbox env)"
     """
     G.json = as_json
-    from orgmove.sandbox import Sandbox
+    from orgmove.sandbox.sandbox import Sandbox
 
     doc = Sandbox(directory).up()
     emit({"command": "sandbox up", **doc}, lambda: out.print(
@@ -577,7 +566,7 @@ def sandbox_seed(
     Example: orgmove sandbox seed --orgs 3 --scale small
     """
     G.json = as_json
-    from orgmove.sandbox import Sandbox
+    from orgmove.sandbox.sandbox import Sandbox
 
     box = Sandbox(directory)
     box.up()
@@ -594,7 +583,7 @@ def sandbox_down(directory: DirOpt = Path(".orgmove/sandbox")) -> None:
 
     Example: orgmove sandbox down
     """
-    from orgmove.sandbox import Sandbox
+    from orgmove.sandbox.sandbox import Sandbox
 
     Sandbox(directory).down()
     out.print("sandbox stopped")
@@ -606,7 +595,7 @@ def sandbox_env(directory: DirOpt = Path(".orgmove/sandbox")) -> None:
 
     Example: eval "$(orgmove sandbox env)"
     """
-    from orgmove.sandbox import Sandbox
+    from orgmove.sandbox.sandbox import Sandbox
 
     print(Sandbox(directory).env_line())
 
@@ -648,7 +637,7 @@ def demo(
 
     Example: orgmove demo --scale small
     """
-    from orgmove.demo import run_demo
+    from orgmove.sandbox.demo import run_demo
 
     run_demo(directory, scale=scale, keep=keep, console=out)
 

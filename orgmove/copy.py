@@ -29,7 +29,6 @@ from orgmove.chunking import (
     WHOLE,
     KeyRange,
     boundaries_query,
-    org_rows_where,
     ranges_from_boundaries,
     select_chunk,
     single_chunk_only,
@@ -44,7 +43,7 @@ from orgmove.errors import (
 from orgmove.faults import afailpoint
 from orgmove.movectx import MoveContext
 from orgmove.obs import METRICS, NullProgress, ProgressSink, log
-from orgmove.plan import Plan, Step, split_table, table_ident
+from orgmove.plan import Plan, Step, split_table
 from orgmove.retry import RetryPolicy, retry_async
 
 QUEUE_DEPTH = 32  # COPY data blocks buffered between a chunk's reader and writer
@@ -444,18 +443,8 @@ class CopyRun:
                 with contextlib.suppress(Exception):
                     await src_tr.rollback()
             await afailpoint("copy.before_commit")
-            await dst.execute(
-                "UPDATE orgmove.chunks SET state = 'done', rows = $4, bytes = $5, "
-                "generation = $6, finished_at = clock_timestamp(), attempts = attempts + 1 "
-                "WHERE move_key = $1 AND table_name = $2 AND chunk_no = $3",
-                plan.move_key, step.table, task.chunk_no, rows, nbytes, self.options.generation,
-            )
-            await dst.execute(
-                "INSERT INTO orgmove.chunk_log (move_key, table_name, chunk_no, generation, rows, "
-                "bytes, snapshot) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                plan.move_key, step.table, task.chunk_no, self.options.generation, rows, nbytes,
-                snapshot_id,
-            )
+            await state.record_chunk_done(dst, plan.move_key, step.table, task.chunk_no, rows, nbytes,
+                                          self.options.generation, snapshot_id)
             await tr.commit()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -548,12 +537,12 @@ def run_copy(
         if options.dry_run:
             return _dry_run(ctx, dst, options, report)
         move = state.ensure_move(dst, plan)
-        if move.state in ("committed", "cleaning", "cleaned"):
+        if move.state in state.AFTER_FLIP:
             raise MoveStateError(
                 f"move {plan.move_key} is already {move.state}: the organization lives on "
                 f"{plan.to_cell}", fix="nothing to copy; `orgmove status` shows the move",
             )
-        if move.state == "cutover":
+        if move.state == state.MoveState.CUTOVER:
             raise MoveStateError(
                 f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
             )
@@ -570,7 +559,7 @@ def run_copy(
                 done_before = sum(1 for c in chunks if c.state == "done")
                 consistent = move.snapshot_consistent and done_before == 0
                 state.update_move(
-                    dst, plan.move_key, state="copying", snapshots=move.snapshots + 1,
+                    dst, plan.move_key, state=state.MoveState.COPYING, snapshots=move.snapshots + 1,
                     snapshot_consistent=consistent,
                     copy_started_at=move.get("copy_started_at") or state.db_now(dst),
                     last_error=None,
@@ -623,7 +612,7 @@ def run_copy(
             # The control connection may have been cut while the workers ran: use a fresh one.
             with ctx.connect_target("control") as fresh:
                 state.update_move(
-                    fresh, plan.move_key, state="copied", snapshots=move.snapshots + holder.exports,
+                    fresh, plan.move_key, state=state.MoveState.COPIED, snapshots=move.snapshots + holder.exports,
                     snapshot_consistent=report.snapshot_consistent, copy_finished_at=state.db_now(fresh),
                 )
                 state.record_event(fresh, plan.move_key, "copy_finished", "copy finished",
@@ -684,132 +673,3 @@ def _dry_run(ctx: MoveContext, dst: psycopg.Connection[Any], options: CopyOption
         report.chunks_total += n
         report.chunks_skipped += done.get(step.table, 0)
     return report
-
-
-def chunk_log_duplicates(conn: psycopg.Connection[Any], move_key: str) -> list[tuple[str, int, int]]:
-    """(table, chunk, commits) for any chunk generation committed more than once (never expected)."""
-    rows = conn.execute(
-        "SELECT table_name, chunk_no, count(*) FROM orgmove.chunk_log WHERE move_key = %s "
-        "GROUP BY table_name, chunk_no, generation HAVING count(*) > 1",
-        (move_key,),
-    ).fetchall()
-    return [(r[0], r[1], r[2]) for r in rows]
-
-
-
-# --- re-copy of dirty chunks (cutover's sync step) ------------------------------------------------
-
-SYNC_TABLE = "orgmove_sync"
-
-
-def _merge_sql(step: Step, root: Any, org: Any, r: KeyRange) -> tuple[str, str, str]:
-    """(create temp table, delete target rows absent from the source, upsert) for one chunk."""
-    t = table_ident(step.table)
-    cols = [sql.Identifier(c) for c in step.columns]
-    create = sql.SQL(
-        "CREATE TEMP TABLE IF NOT EXISTS {tmp} ON COMMIT DROP AS SELECT {cols} FROM {t} WITH NO DATA"
-    ).format(tmp=sql.Identifier(SYNC_TABLE), cols=sql.SQL(", ").join(cols), t=t)
-    where = org_rows_where(step, root, org, r)
-    if not step.key:
-        delete = sql.SQL("DELETE FROM {t} WHERE {w}").format(t=t, w=where)
-        upsert = sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {tmp}").format(
-            t=t, cols=sql.SQL(", ").join(cols), tmp=sql.Identifier(SYNC_TABLE))
-        return create.as_string(None), delete.as_string(None), upsert.as_string(None)
-    match = sql.SQL(" AND ").join(
-        sql.SQL("d.{k} = s.{k}").format(k=sql.Identifier(k)) for k in step.key)
-    delete = sql.SQL(
-        "DELETE FROM {t} AS d WHERE {w} AND NOT EXISTS (SELECT 1 FROM {tmp} AS s WHERE {m})"
-    ).format(t=t, w=where, tmp=sql.Identifier(SYNC_TABLE), m=match)
-    updatable = [c for c in step.columns if c not in step.key]
-    row_d = sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in step.columns)
-    row_s = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in step.columns)
-    when_matched: sql.Composable = sql.SQL("")
-    if updatable:
-        when_matched = sql.SQL(
-            " WHEN MATCHED AND ROW({rd})::text IS DISTINCT FROM ROW({rs})::text THEN UPDATE SET {sets}"
-        ).format(rd=row_d, rs=row_s, sets=sql.SQL(", ").join(
-            sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c)) for c in updatable))
-    upsert = sql.SQL(
-        "MERGE INTO {t} AS d USING {tmp} AS s ON {m}{wm} "
-        "WHEN NOT MATCHED THEN INSERT ({cols}) OVERRIDING SYSTEM VALUE VALUES ({vals})"
-    ).format(t=t, tmp=sql.Identifier(SYNC_TABLE), m=match, wm=when_matched,
-             cols=sql.SQL(", ").join(cols), vals=row_s)
-    return create.as_string(None), delete.as_string(None), upsert.as_string(None)
-
-
-async def _sync_chunk(ctx: MoveContext, conns: WorkerConnections, step: Step, chunk_no: int,
-                      r: KeyRange, phase: str, generation: int) -> int:
-    """phase "delete": remove target rows the source no longer has; "upsert": insert/update the
-    rest. Each in one target transaction that also records the chunk."""
-    plan = ctx.plan
-    src, dst = await conns.ensure()
-    create, delete, upsert = _merge_sql(step, plan.root, plan.org, r)
-    select_sql = select_chunk(step, plan.root, plan.org, r).as_string(None)
-    async with dst.transaction():
-        await dst.execute(create)
-        async with src.transaction(isolation="repeatable_read", readonly=True):
-            queue_rows, nbytes = await _stream_into(src, dst, step, select_sql)
-        if phase == "delete":
-            status = await dst.execute(delete)
-        else:
-            if not step.key:
-                await dst.execute(delete)
-            status = await dst.execute(upsert)
-            await dst.execute(
-                "UPDATE orgmove.chunks SET state = 'done', rows = $4, bytes = $5, generation = $6, "
-                "finished_at = clock_timestamp(), attempts = attempts + 1 "
-                "WHERE move_key = $1 AND table_name = $2 AND chunk_no = $3",
-                plan.move_key, step.table, chunk_no, queue_rows, nbytes, generation)
-            await dst.execute(
-                "INSERT INTO orgmove.chunk_log (move_key, table_name, chunk_no, generation, rows, "
-                "bytes, snapshot) VALUES ($1, $2, $3, $4, $5, $6, 'sync') "
-                "ON CONFLICT DO NOTHING",
-                plan.move_key, step.table, chunk_no, generation, queue_rows, nbytes)
-        await dst.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-            sql.Identifier(SYNC_TABLE)).as_string(None))
-    return int(status.split()[-1]) if status and status.split()[-1].isdigit() else 0
-
-
-async def _stream_into(src: Any, dst: Any, step: Step, select_sql: str) -> tuple[int, int]:
-    temp_step = step.model_copy(update={"table": f"pg_temp.{SYNC_TABLE}"})
-    return await stream_chunk(src, dst, temp_step, select_sql)
-
-
-def resync_chunks(
-    ctx: MoveContext, dirty: list[tuple[Step, int, KeyRange]], generation: int,
-    retry: RetryPolicy | None = None,
-) -> int:
-    """Make the target's rows of the dirty chunks equal to the source's: deletes children first,
-    then inserts/updates parents first. Returns the number of target rows changed."""
-    order = {s.table: i for i, s in enumerate(ctx.plan.steps)}
-    forward = sorted(dirty, key=lambda d: (order[d[0].table], d[1]))
-    policy = retry or RetryPolicy(deadline_s=60)
-
-    async def run() -> int:
-        conns = WorkerConnections(ctx, 0)
-        changed = 0
-        try:
-            for phase, items in (("delete", list(reversed(forward))), ("upsert", forward)):
-                for step, chunk_no, r in items:
-                    if phase == "delete" and not step.key:
-                        continue
-
-                    async def attempt(step: Step = step, chunk_no: int = chunk_no, r: KeyRange = r,
-                                      phase: str = phase) -> int:
-                        try:
-                            return await _sync_chunk(ctx, conns, step, chunk_no, r, phase, generation)
-                        except BaseException:
-                            await conns.reset()
-                            raise
-
-                    changed += await retry_async(attempt, policy)
-        finally:
-            await conns.close()
-        return changed
-
-    try:
-        return asyncio.run(run())
-    except OrgmoveError:
-        raise
-    except Exception as exc:
-        raise db.translate(exc, cell=f"{ctx.source}->{ctx.target}", what="sync") from exc

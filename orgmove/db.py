@@ -115,11 +115,8 @@ def is_transient(exc: BaseException) -> bool:
     psycopg, asyncpg and orgmove errors alike."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_transient(e) for e in exc.exceptions)
-    # Unreachable *now* (a restart, a failover) is worth retrying once work is under way.
-    if isinstance(exc, TransientError | CellUnreachable):
-        return True
     if isinstance(exc, OrgmoveError):
-        return False
+        return exc.retryable  # decided by the error (errors.py), e.g. CellUnreachable: yes
     state = getattr(exc, "sqlstate", None) or ""
     if state:
         return str(state).startswith(TRANSIENT_SQLSTATE_PREFIXES)

@@ -5,8 +5,12 @@ a message naming the problem and a ``fix`` saying what to do. Driver errors are 
 tree at one boundary (:mod:`orgmove.db`); the CLI prints ``str(error)`` in one paragraph and shows
 a traceback only with ``--debug``.
 
-Exit codes (DESIGN.md section 7): 0 done; 1 failed after retries; 2 bad input or failed pre-flight
-(nothing changed); 3 verification mismatch.
+Exit codes (docs/architecture.md "Errors and exit codes"): 0 done; 1 failed after retries; 2 bad
+input or failed pre-flight (nothing changed); 3 verification mismatch.
+
+Whether an error is worth retrying is its own property, ``retryable`` (a class default that one
+instance may override), not a consequence of its place in the tree: the retry helper
+(:func:`orgmove.db.is_transient`, used by :mod:`orgmove.retry`) asks the error.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ EXIT_MISMATCH = 3
 class OrgmoveError(Exception):
     code = "error"
     exit_code = EXIT_FAILED
+    retryable = False
 
-    def __init__(self, message: str, *, fix: str = "", details: dict[str, Any] | None = None):
+    def __init__(self, message: str, *, fix: str = "", details: dict[str, Any] | None = None,
+                 retryable: bool | None = None):
         super().__init__(message)
         self.message = message
         self.fix = fix
         self.details = details or {}
+        if retryable is not None:
+            self.retryable = retryable
 
     def __str__(self) -> str:
         text = self.message.rstrip(".") + "."
@@ -61,7 +69,11 @@ class EnvironmentProblem(BadInput):
 
 
 class CellUnreachable(BadInput):
+    """Exit 2 when a command fails on it (nothing was changed), and yet retried: a Cell unreachable
+    *now* (a restart, a failover) is worth retrying once work is under way."""
+
     code = "cell_unreachable"
+    retryable = True
 
 
 class AuthenticationFailed(BadInput):
@@ -136,6 +148,7 @@ class TransientError(OrgmoveError):
     """Worth retrying: connection lost, admin shutdown, serialization failure, deadlock."""
 
     code = "transient"
+    retryable = True
 
 
 class PermanentError(OrgmoveError):

@@ -10,11 +10,13 @@ from typing import Any
 
 from rich.table import Table
 
+from orgmove import planner
 from orgmove.config import Config
 from orgmove.copy import CopyOptions, CopyReport, run_copy
 from orgmove.cutover import CutoverOptions, CutoverReport, run_cutover
 from orgmove.obs import METRICS, NullProgress, ProgressSink
-from orgmove.plan import default_plan_path, write_plan
+from orgmove.plan import OrgKey, default_plan_path, write_plan
+from orgmove.topology.client import client_from_config
 from orgmove.verify import VerifyOptions, VerifyReport, run_verify
 
 
@@ -59,6 +61,19 @@ class MoveSummary:
         return t
 
 
+def owner_lookup(config: Config) -> Callable[[OrgKey], str | None] | None:
+    """The planner's ownership check: asks the Topology Service which Cell owns an organization.
+    None when the config names no Topology Service (the plan then says the check was skipped)."""
+    if config.topology is None:
+        return None
+
+    def owner_of(org: OrgKey) -> str | None:
+        with client_from_config(config) as client:
+            return client.owner_of_org(org)
+
+    return owner_of
+
+
 def run_move(
     config: Config,
     org: str,
@@ -74,14 +89,11 @@ def run_move(
     replica_role: bool = True,
     allowed_triggers: list[str] | None = None,
 ) -> MoveSummary:
-    from orgmove import planner
-    from orgmove.cli import _owner_lookup
-
     progress = progress or NullProgress()
     seconds: dict[str, float] = {}
     t = time.monotonic()
     say(f"[1/4] plan: organization {org}, {from_cell} -> {to_cell}")
-    plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=_owner_lookup(config),
+    plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=owner_lookup(config),
                              replica_role=replica_role, allowed_triggers=allowed_triggers)
     path = plan_path or default_plan_path(config.defaults.plans_dir, plan.org, from_cell, to_cell)
     write_plan(plan, path)

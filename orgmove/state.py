@@ -4,8 +4,10 @@ results, events), and the write-fence schema installed on every Cell."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from importlib import resources
 from typing import Any
 
@@ -17,10 +19,69 @@ from orgmove.chunking import KeyRange
 from orgmove.errors import MoveStateError, StalePlan
 from orgmove.plan import Plan
 
-# Move states: copy takes planned -> copying -> copied (verify: -> verified); cutover: copied or
-# verified -> cutover -> committed | aborted; rollback: -> rolled_back; cleanup: committed ->
-# cleaning -> cleaned.
 ADVISORY_NAMESPACE = "orgmove.move:"
+
+
+class MoveState(StrEnum):
+    """``orgmove.moves.state``. copy: planned -> copying -> copied (verify: -> verified, and a
+    mismatch back to copied); cutover: -> cutover -> committed | aborted; rollback: ->
+    rolled_back; cleanup: committed -> cleaning -> cleaned."""
+
+    PLANNED = "planned"
+    COPYING = "copying"
+    COPIED = "copied"
+    VERIFIED = "verified"
+    CUTOVER = "cutover"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
+    CLEANING = "cleaning"
+    CLEANED = "cleaned"
+
+
+# The org lives on the target: nothing may copy, cut over or roll back any more.
+AFTER_FLIP = frozenset({MoveState.COMMITTED, MoveState.CLEANING, MoveState.CLEANED})
+_BEFORE_FLIP = frozenset(MoveState) - AFTER_FLIP
+
+# new state -> the states it may be entered from (staying in a state is always allowed).
+_ENTERED_FROM: dict[MoveState, frozenset[MoveState]] = {
+    MoveState.PLANNED: frozenset(),
+    # a resumed or repeated copy; an aborted cutover returns to copying
+    MoveState.COPYING: frozenset({MoveState.PLANNED, MoveState.COPIED, MoveState.VERIFIED,
+                                  MoveState.ABORTED}),
+    # the copy's end; a verify mismatch; an interrupted cutover that was aborted
+    MoveState.COPIED: frozenset({MoveState.COPYING, MoveState.VERIFIED, MoveState.CUTOVER,
+                                 MoveState.ABORTED}),
+    MoveState.VERIFIED: frozenset({MoveState.COPIED}),
+    # cutover only checks that every chunk is done, whatever the copy last recorded
+    MoveState.CUTOVER: frozenset({MoveState.COPYING, MoveState.COPIED, MoveState.VERIFIED,
+                                  MoveState.ABORTED}),
+    MoveState.COMMITTED: frozenset({MoveState.CUTOVER}),
+    MoveState.ABORTED: frozenset({MoveState.COPYING, MoveState.COPIED, MoveState.VERIFIED,
+                                  MoveState.CUTOVER}),
+    MoveState.ROLLED_BACK: _BEFORE_FLIP,
+    MoveState.CLEANING: frozenset({MoveState.COMMITTED, MoveState.CLEANED}),
+    MoveState.CLEANED: frozenset({MoveState.CLEANING}),
+}
+
+
+def check_transition(current: str, new: str) -> MoveState:
+    """The one place that decides which move state may follow which; raises MoveStateError on
+    any other. Returns the new state."""
+    old_state, new_state = MoveState(current), MoveState(new)
+    if old_state is not new_state and old_state not in _ENTERED_FROM[new_state]:
+        raise MoveStateError(
+            f"a move in state {old_state} cannot become {new_state}",
+            fix="`orgmove status` shows where the move stands; rerun the step that state allows",
+        )
+    return new_state
+
+
+def allowed_transitions() -> Iterable[tuple[MoveState, MoveState]]:
+    """Every (from, to) pair :func:`check_transition` accepts, besides staying in a state."""
+    for new_state, sources in _ENTERED_FROM.items():
+        for old_state in sources:
+            yield old_state, new_state
 
 
 def _sql_file(name: str) -> str:
@@ -105,14 +166,14 @@ def ensure_move(conn: psycopg.Connection[Any], plan: Plan) -> MoveRow:
     if existing is not None:
         if existing.plan_checksum != plan.checksum:
             done = chunk_counts(conn, plan.move_key).get("done", 0)
-            if existing.state in ("committed", "cleaning", "cleaned"):
+            if existing.state in AFTER_FLIP:
                 raise MoveStateError(
                     f"organization {plan.org} was already moved by {plan.move_key} "
                     f"(state {existing.state}) with another plan",
                     fix="a move back is a new move: `orgmove plan --from "
                     f"{plan.to_cell} --to {plan.from_cell}`",
                 )
-            if done and existing.state not in ("rolled_back", "aborted"):
+            if done and existing.state not in (MoveState.ROLLED_BACK, MoveState.ABORTED):
                 raise StalePlan(
                     f"move {plan.move_key} was started with another plan (checksum "
                     f"{existing.plan_checksum[:12]}, {done} chunks copied)",
@@ -121,7 +182,7 @@ def ensure_move(conn: psycopg.Connection[Any], plan: Plan) -> MoveRow:
                 )
             with conn.transaction():
                 conn.execute("DELETE FROM orgmove.moves WHERE move_key = %s", (plan.move_key,))
-        elif existing.state != "rolled_back":
+        elif existing.state != MoveState.ROLLED_BACK:
             return existing
         else:
             with conn.transaction():
@@ -155,6 +216,11 @@ def update_move(conn: psycopg.Connection[Any], move_key: str, **fields: Any) -> 
         assignments, sql.Placeholder("move_key__")
     )
     with conn.transaction():
+        if "state" in fields:
+            row = conn.execute("SELECT state FROM orgmove.moves WHERE move_key = %s FOR UPDATE",
+                               (move_key,)).fetchone()
+            if row is not None:
+                fields["state"] = str(check_transition(row[0], fields["state"]))
         conn.execute(query, {**fields, "move_key__": move_key})
 
 
@@ -227,3 +293,48 @@ def last_events(conn: psycopg.Connection[Any], move_key: str, limit: int = 5) ->
 def db_now(conn: psycopg.Connection[Any]) -> datetime | None:
     row = conn.execute("SELECT now()").fetchone()
     return row[0] if row else None
+
+
+# --- chunk checkpoints and verify results ---------------------------------------------------------
+
+
+_LOG = ("INSERT INTO orgmove.chunk_log (move_key, table_name, chunk_no, generation, rows, bytes, "
+        "snapshot) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+_LOG_ONCE = _LOG + " ON CONFLICT DO NOTHING"
+
+
+async def record_chunk_done(dst: Any, move_key: str, table_name: str, chunk_no: int, rows: int,
+                            nbytes: int, generation: int, snapshot: str, *, log_once: bool = False) -> None:
+    """The chunk's checkpoint: done, with its rows and bytes, and its chunk_log row. Runs on the
+    caller's asyncpg target connection inside the transaction that wrote the chunk's rows, so the
+    rows and the checkpoint commit together (ADR 0003). ``log_once``: a re-copy of the same
+    generation keeps the first log row (the copy itself never repeats a generation)."""
+    await dst.execute(
+        "UPDATE orgmove.chunks SET state = 'done', rows = $4, bytes = $5, generation = $6, "
+        "finished_at = clock_timestamp(), attempts = attempts + 1 "
+        "WHERE move_key = $1 AND table_name = $2 AND chunk_no = $3",
+        move_key, table_name, chunk_no, rows, nbytes, generation)
+    await dst.execute(_LOG_ONCE if log_once else _LOG, move_key, table_name, chunk_no, generation, rows,
+                      nbytes, snapshot)
+
+
+def record_verify_chunks(conn: psycopg.Connection[Any], move_key: str,
+                         results: Iterable[tuple[str, int, int, int, Any, Any, bool]]) -> None:
+    """(table, chunk_no, src_rows, dst_rows, src_hash, dst_hash, equal) per chunk, upserted."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO orgmove.verify_chunks (move_key, table_name, chunk_no, src_rows, "
+            "dst_rows, src_hash, dst_hash, equal) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (move_key, table_name, chunk_no) DO UPDATE SET src_rows = "
+            "excluded.src_rows, dst_rows = excluded.dst_rows, src_hash = excluded.src_hash, "
+            "dst_hash = excluded.dst_hash, equal = excluded.equal, checked_at = clock_timestamp()",
+            [(move_key, *r) for r in results],
+        )
+
+
+def forget_chunks(conn: psycopg.Connection[Any], move_key: str) -> None:
+    """Delete the move's chunks, chunk log and verify results: a later copy starts from scratch."""
+    with conn.transaction():
+        for table in ("chunks", "chunk_log", "verify_chunks"):
+            conn.execute(sql.SQL("DELETE FROM {} WHERE move_key = %s").format(
+                sql.Identifier("orgmove", table)), (move_key,))

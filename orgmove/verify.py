@@ -382,24 +382,17 @@ def run_verify(
 def _record(ctx: MoveContext, report: VerifyReport, results: list[ChunkResult]) -> None:
     with ctx.connect_target("verify") as dst, db.wrap_errors(ctx.target, "record verify"):
         move = state.ensure_move(dst, ctx.plan)
-        if move.state in ("committed", "cleaning", "cleaned"):
+        if move.state in state.AFTER_FLIP:
             # After the flip the source is no longer the truth (cleanup may have emptied it).
             state.record_event(dst, ctx.plan.move_key, "verify", "verify after commit (not recorded)",
                                equal=report.equal)
             return
-        with dst.transaction(), dst.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO orgmove.verify_chunks (move_key, table_name, chunk_no, src_rows, "
-                "dst_rows, src_hash, dst_hash, equal) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (move_key, table_name, chunk_no) DO UPDATE SET src_rows = "
-                "excluded.src_rows, dst_rows = excluded.dst_rows, src_hash = excluded.src_hash, "
-                "dst_hash = excluded.dst_hash, equal = excluded.equal, checked_at = clock_timestamp()",
-                [(ctx.plan.move_key, r.table, r.chunk_no, r.src_rows, r.dst_rows, r.src_hash,
-                  r.dst_hash, r.equal) for r in results],
-            )
-        new_state = "verified" if report.equal and move.state == "copied" else move.state
-        if not report.equal and move.state == "verified":
-            new_state = "copied"
+        state.record_verify_chunks(dst, ctx.plan.move_key, [
+            (r.table, r.chunk_no, r.src_rows, r.dst_rows, r.src_hash, r.dst_hash, r.equal) for r in results])
+        new_state = (state.MoveState.VERIFIED if report.equal and move.state == state.MoveState.COPIED
+                     else move.state)
+        if not report.equal and move.state == state.MoveState.VERIFIED:
+            new_state = state.MoveState.COPIED
         state.update_move(dst, ctx.plan.move_key, state=new_state, verified_at=state.db_now(dst),
                           verify_clean=report.equal, verify_seconds=report.seconds)
         state.record_event(dst, ctx.plan.move_key, "verify", "equal" if report.equal else "mismatch",

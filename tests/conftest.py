@@ -19,7 +19,7 @@ def pg_servers() -> Iterator[Servers]:
         yield servers
 
 
-# --- GitLab-shaped fixture data (orgmove.seed) ---------------------------------------------------
+# --- GitLab-shaped fixture data (orgmove.sandbox.seed) -----------------------------------------
 # Template databases are built once per session (schema installed; seeded with orgs=3,
 # scale="tiny" for `cells`); each test gets fresh clones (CREATE DATABASE ... TEMPLATE, ~100 ms).
 
@@ -42,7 +42,7 @@ class CellDbs:
 
 
 def _build_templates(servers: Servers, *, seeded: bool) -> dict[str, str]:
-    from orgmove.seed import cell_number, install_schema, seed
+    from orgmove.sandbox.seed import cell_number, install_schema, seed
     from tests.pgfixtures import CELL_NAMES
 
     prefix = "tpl_seeded" if seeded else "tpl_schema"

@@ -69,3 +69,13 @@ def orgmove_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.P
         [sys.executable, "-m", "orgmove", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=full_env, cwd=str(REPO),
     )
+
+
+def chunk_log_duplicates(conn: psycopg.Connection[Any], move_key: str) -> list[tuple[str, int, int]]:
+    """(table, chunk, commits) for any chunk generation committed more than once (never expected)."""
+    rows = conn.execute(
+        "SELECT table_name, chunk_no, count(*) FROM orgmove.chunk_log WHERE move_key = %s "
+        "GROUP BY table_name, chunk_no, generation HAVING count(*) > 1",
+        (move_key,),
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]

@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 from orgmove.errors import OrgmoveError
-from orgmove.pgcluster import LocalCluster, find_pg_bin, free_port
+from orgmove.sandbox.pgcluster import LocalCluster, find_pg_bin, free_port
 
 CELL_NAMES = ("cell-1", "cell-2")
 TOPOLOGY = "topology"

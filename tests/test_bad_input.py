@@ -24,9 +24,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from orgmove.copy import CopyOptions, chunk_log_duplicates, run_copy
-from orgmove.pgcluster import free_port
-from tests.helpers import RULES, org_checksums, orgmove_cli, orgmove_popen, other_rows_checksums
+from orgmove.copy import CopyOptions, run_copy
+from orgmove.sandbox.pgcluster import free_port
+from tests.helpers import RULES, chunk_log_duplicates, org_checksums, orgmove_cli, orgmove_popen, other_rows_checksums
 from tests.test_copy import make_plan
 from tests.world import World, can_write, world
 

@@ -9,10 +9,10 @@ import pytest
 
 from orgmove import planner
 from orgmove.config import load_config
-from orgmove.copy import CopyOptions, chunk_log_duplicates, run_copy
+from orgmove.copy import CopyOptions, run_copy
 from orgmove.plan import Plan, read_plan, write_plan
-from orgmove.seed import org_row_counts
-from tests.helpers import RULES, org_checksums, other_rows_checksums
+from tests.helpers import RULES, chunk_log_duplicates, org_checksums, other_rows_checksums
+from tests.orgcounts import org_row_counts
 
 
 def make_plan(cells, org: str = "1", tmp: Path | None = None) -> tuple[Plan, Path]:

@@ -17,8 +17,8 @@ import pytest
 
 from orgmove.config import load_config
 from orgmove.copy import CopyOptions, CopyReport, run_copy
-from orgmove.pgcluster import LocalCluster, _as_server_user, _hand_to_server_user, find_pg_bin, free_port
-from orgmove.seed import seed
+from orgmove.sandbox.pgcluster import LocalCluster, _as_server_user, _hand_to_server_user, find_pg_bin, free_port
+from orgmove.sandbox.seed import seed
 from tests.helpers import org_checksums
 from tests.test_copy import make_plan
 

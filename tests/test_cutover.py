@@ -10,9 +10,10 @@ import psycopg
 import pytest
 
 from orgmove.copy import CopyOptions, run_copy
-from orgmove.cutover import CutoverOptions, run_cutover, run_rollback
-from orgmove.seed import org_row_counts
+from orgmove.cutover import CutoverOptions, run_cutover
+from orgmove.teardown import run_rollback
 from tests.helpers import org_checksums, orgmove_cli, orgmove_popen, other_rows_checksums
+from tests.orgcounts import org_row_counts
 from tests.test_copy import make_plan
 from tests.world import World, can_write
 
@@ -247,7 +248,7 @@ def test_topology_down_at_each_cutover_step_org_stays_on_source_then_rerun_compl
     import sys
 
     from orgmove import state
-    from orgmove.pgcluster import free_port
+    from orgmove.sandbox.pgcluster import free_port
     from orgmove.topology.client import TopologyClient, seed_claims
     from tests.helpers import REPO
 

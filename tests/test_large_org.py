@@ -17,7 +17,7 @@ from orgmove import planner
 from orgmove.chunking import org_rows_where
 from orgmove.config import load_config
 from orgmove.plan import Plan, table_ident, write_plan
-from orgmove.seed import seed
+from orgmove.sandbox.seed import seed
 from tests.helpers import REPO, RULES
 
 pytestmark = pytest.mark.slow

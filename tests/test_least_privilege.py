@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from orgmove.pgcluster import find_pg_bin
-from orgmove.seed import org_row_counts
+from orgmove.sandbox.pgcluster import find_pg_bin
 from tests.helpers import REPO, RULES, org_checksums, orgmove_cli, other_rows_checksums
+from tests.orgcounts import org_row_counts
 from tests.world import World, can_write, world
 
 __all__ = ["world"]  # the `world` fixture, used by the tests below

@@ -30,11 +30,12 @@ from orgmove.errors import (
     UnclassifiedTables,
     UnknownOrganization,
 )
-from orgmove.pgcluster import free_port
 from orgmove.plan import Plan, filter_condition, read_plan, table_ident, write_plan
 from orgmove.planner import make_plan, suggest_rules
 from orgmove.rules import parse_rules
-from orgmove.seed import CELL_LOCAL_TABLES, CLUSTER_WIDE_TABLES, ORG_TABLES, org_row_counts, seed
+from orgmove.sandbox.pgcluster import free_port
+from orgmove.sandbox.seed import CELL_LOCAL_TABLES, CLUSTER_WIDE_TABLES, ORG_TABLES, seed
+from tests.orgcounts import org_row_counts
 from tests.pgfixtures import Servers
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from orgmove.config import load_config
-from orgmove.pgcluster import LocalCluster, free_port
+from orgmove.sandbox.pgcluster import LocalCluster, free_port
 from tests.helpers import orgmove_cli
 from tests.test_operator_experience import _strip_data_maps, assert_same_shape, documented
 

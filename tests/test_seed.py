@@ -1,4 +1,4 @@
-"""The fixture schema and the data generator (orgmove.seed), against real PostgreSQL Cells."""
+"""The fixture schema and the data generator (orgmove.sandbox.seed), against real PostgreSQL Cells."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from psycopg import sql
 
 from orgmove.db import connect
 from orgmove.errors import BadInput, PreflightFailed
-from orgmove.seed import (
+from orgmove.sandbox.seed import (
     ALL_TABLES,
     CLUSTER_WIDE_TABLES,
     ID_RANGE,
@@ -24,10 +24,10 @@ from orgmove.seed import (
     install_schema,
     org_counts,
     org_home,
-    org_row_counts,
     seed,
 )
 from tests.conftest import CellDbs
+from tests.orgcounts import org_row_counts
 from tests.pgfixtures import CELL_NAMES, Servers
 
 FINGERPRINT_SQL = """

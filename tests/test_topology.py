@@ -509,7 +509,7 @@ def test_client_retries_transient_errors_then_gives_up() -> None:
 
 
 def test_client_unreachable_service() -> None:
-    from orgmove.pgcluster import free_port
+    from orgmove.sandbox.pgcluster import free_port
 
     with TopologyClient(f"http://127.0.0.1:{free_port()}", retry_deadline_s=0.3,
                         timeout_s=1) as c, pytest.raises(TopologyUnavailable):
@@ -566,7 +566,7 @@ def test_serve_runs_as_a_process_and_never_logs_the_token(topo_dsn: str) -> None
     import subprocess
     import sys
 
-    from orgmove.pgcluster import free_port
+    from orgmove.sandbox.pgcluster import free_port
 
     port = free_port()
     script = (

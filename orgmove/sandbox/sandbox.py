@@ -21,7 +21,7 @@ from psycopg import sql
 
 from orgmove import state
 from orgmove.errors import EnvironmentProblem
-from orgmove.pgcluster import LocalCluster, free_port
+from orgmove.sandbox.pgcluster import LocalCluster, free_port
 
 DEFAULT_DIR = Path(".orgmove/sandbox")
 CELLS = ("cell-1", "cell-2")
@@ -151,14 +151,14 @@ class Sandbox:
         clusters = self.clusters()
         with TopologyClient(self.topology_url, self.token) as client:
             for number, name in enumerate(CELLS, 1):
-                # Each cell allocates ids from its own range (orgmove.seed: cell N starts at N * 10^12).
+                # Each cell allocates ids from its own range (the seed: cell N starts at N * 10^12).
                 client.register_cell(name, f"127.0.0.1:{clusters[name].port}",
                                      sequence_start=number * 10**12, sequence_end=(number + 1) * 10**12 - 1)
 
     # --- seed ----------------------------------------------------------------------------------
 
     def seed(self, *, orgs: int, scale: str, seed: int = 42) -> Any:
-        from orgmove import seed as seeding
+        from orgmove.sandbox import seed as seeding
         from orgmove.topology.client import TopologyClient, seed_claims
 
         report = seeding.seed(self.cell_dsns(), orgs=orgs, scale=scale, seed=seed)

@@ -1,14 +1,12 @@
 """The GitLab-shaped fixture data: schema installation and a deterministic, set-based generator.
 
-One schema (``orgmove/sql/fixture_schema.sql``) and one generator with a scale knob, used by the
-tests, the demo, the sandbox and the benchmarks (DESIGN.md section 8).
+One schema (``orgmove/sandbox/sql/fixture_schema.sql``) and one generator with a scale knob, used by the
+tests, the demo, the sandbox and the benchmarks (docs/architecture.md, "Development tools").
 
 * :func:`install_schema` loads the schema into a Cell (idempotent) and moves every sequence of the
   fixture schema into the Cell's id range (cell N allocates from ``N * 10**12``).
 * :func:`seed` writes the cluster-wide rows (``users``, ``lfs_objects``) identically into every
   Cell and each organization's rows into its home Cell (:func:`org_home`).
-* :func:`org_row_counts` counts, with hand-written queries, how many rows of each table belong to an
-  organization; tests compare it with the planner.
 
 The generator is deterministic: every pseudo-random choice is a hash of (row ordinal, seed, org,
 table) computed by ``hashint8extended`` on the server, ids are allocated in blocks from the Cell's
@@ -221,8 +219,13 @@ def org_home(org_id: int, cell_names: Sequence[str]) -> str:
 # Schema
 
 
+def _sql(name: str) -> str:
+    """A statement of the generator, from ``orgmove/sandbox/sql/`` (package data)."""
+    return (resources.files("orgmove.sandbox") / "sql" / name).read_text(encoding="utf-8")
+
+
 def schema_sql() -> str:
-    return (resources.files("orgmove") / "sql" / "fixture_schema.sql").read_text(encoding="utf-8")
+    return _sql("fixture_schema.sql")
 
 
 def install_schema(dsn: str, cell_number: int, *, cell: str | None = None) -> None:
@@ -299,365 +302,61 @@ class SeedReport(BaseModel):
 # ------------------------------------------------------------------------------------------------
 # Generator SQL. Helpers are session-local (pg_temp) SQL functions; the simple ones are inlined.
 
-_HELPERS = """
-CREATE FUNCTION pg_temp.om_h(k bigint, s bigint) RETURNS bigint
-    LANGUAGE sql IMMUTABLE AS $$ SELECT hashint8extended(k, s) & 9007199254740991 $$;
-CREATE FUNCTION pg_temp.om_u(k bigint, s bigint) RETURNS double precision
-    LANGUAGE sql IMMUTABLE
-    AS $$ SELECT (hashint8extended(k, s) & 9007199254740991)::float8 / 9007199254740992 $$;
-CREATE FUNCTION pg_temp.om_ts(k bigint, s bigint) RETURNS timestamptz
-    LANGUAGE sql STABLE
-    AS $$ SELECT timestamptz '2019-01-01 00:00:00+00'
-                 + ((hashint8extended(k, s) & 9007199254740991) % 126230400000000)
-                   * interval '1 microsecond' $$;
-CREATE FUNCTION pg_temp.om_text(k bigint, n integer) RETURNS text
-    LANGUAGE sql IMMUTABLE
-    AS $$ SELECT string_agg(md5((k * 100000 + g)::text), '' ORDER BY g)
-          FROM generate_series(1, n) g $$;
-CREATE FUNCTION pg_temp.om_bytes(k bigint, n integer) RETURNS bytea
-    LANGUAGE sql IMMUTABLE
-    AS $$ SELECT string_agg(sha256(int8send(k * 100000 + g)), ''::bytea ORDER BY g)
-          FROM generate_series(1, n) g $$;
-"""
+_HELPERS = _sql("generate/helpers.sql")
 
 UNICODE = "Ünïcödé 日本語 🚀"
 
-_USERS = """
-INSERT INTO public.users (id, username, name, email, created_at, preferences)
-SELECT u, 'user' || u,
-       CASE WHEN mod(u, 7) = 0 THEN %(uni)s::text || ' ' || u ELSE 'User ' || u END,
-       'user' || u || '@example.com',
-       pg_temp.om_ts(u, %(s)s),
-       jsonb_build_object(
-           'theme', (ARRAY['light', 'dark', 'solarized'])[1 + mod(pg_temp.om_h(u, %(s)s + 1), 3)],
-           'time_zone', (ARRAY['UTC', 'Europe/Berlin', 'Asia/Tokyo'])[1 + mod(u, 3)],
-           'tab_width', 2 + mod(u, 3) * 2,
-           'beta', mod(u, 5) = 0)
-FROM generate_series(1, %(n)s) u
-"""
+_USERS = _sql("generate/users.sql")
 
-_LFS_OBJECTS = """
-INSERT INTO public.lfs_objects (id, oid, size)
-SELECT l, encode(sha256(int8send(%(s)s * 1000003 + l)), 'hex'),
-       1024 + mod(pg_temp.om_h(l, %(s)s), 50000000)
-FROM generate_series(1, %(n)s) l
-"""
+_LFS_OBJECTS = _sql("generate/lfs_objects.sql")
 
-_ORGANIZATION = """
-INSERT INTO public.organizations (id, name, path, created_at)
-VALUES (%(org)s,
-        CASE WHEN %(org)s = 2 THEN 'Organisation ' || %(uni)s::text
-             ELSE 'Organization ' || %(org)s END,
-        'org-' || %(org)s,
-        pg_temp.om_ts(%(org)s, %(s)s))
-"""
+_ORGANIZATION = _sql("generate/organization.sql")
 
 # Groups j in [0, G) are top-level, subgroups j in [G, G+S) hang below an earlier group, user
 # namespaces j in [G+S, G+S+U) belong to users org, org+orgs, org+2*orgs, ...
-_NAMESPACES = """
-WITH RECURSIVE idx AS (
-    SELECT j, CASE WHEN j < %(g)s THEN NULL
-                   WHEN %(deep)s AND mod(pg_temp.om_h(j, %(s)s), 4) <> 0 THEN j - 1
-                   ELSE mod(pg_temp.om_h(j, %(s)s), j) END AS parent_j
-    FROM generate_series(0, %(g)s + %(sg)s - 1) j
-), tree AS (
-    SELECT j, parent_j, ARRAY[%(lo)s + j] AS trav FROM idx WHERE parent_j IS NULL
-    UNION ALL
-    SELECT c.j, c.parent_j, t.trav || (%(lo)s + c.j) FROM idx c JOIN tree t ON c.parent_j = t.j
-)
-INSERT INTO public.namespaces
-    (id, organization_id, parent_id, type, name, path, traversal_ids, owner_id, description,
-     created_at)
-SELECT %(lo)s + j, %(org)s, %(lo)s + parent_j, 'Group',
-       CASE WHEN parent_j IS NULL THEN 'Group ' || j ELSE 'Subgroup ' || j END
-           || CASE WHEN mod(j, 5) = 2 THEN ' ' || %(uni)s::text ELSE '' END,
-       CASE WHEN parent_j IS NULL THEN 'org' || %(org)s || '-group-' || j
-            ELSE 'sub-' || j END,
-       trav,
-       1 + mod(pg_temp.om_h(j, %(s)s + 1), %(users)s),
-       CASE mod(pg_temp.om_h(j, %(s)s + 2), 4)
-           WHEN 0 THEN NULL
-           WHEN 1 THEN %(uni)s::text || ' group ' || j
-           ELSE 'Group ' || j || ' of organization ' || %(org)s END,
-       pg_temp.om_ts(j, %(s)s + 3)
-FROM tree
-UNION ALL
-SELECT %(lo)s + j, %(org)s, NULL, 'User', u.name, u.username, ARRAY[%(lo)s + j], u.id, NULL,
-       u.created_at
-FROM generate_series(%(g)s + %(sg)s, %(g)s + %(sg)s + %(un)s - 1) j
-JOIN public.users u ON u.id = %(org)s + (j - %(g)s - %(sg)s) * %(orgs)s
-"""
+_NAMESPACES = _sql("generate/namespaces.sql")
 
-_NAMESPACE_ROUTES = """
-WITH RECURSIVE r AS (
-    SELECT id, path AS full_path, name AS full_name FROM public.namespaces
-    WHERE organization_id = %(org)s AND parent_id IS NULL
-    UNION ALL
-    SELECT n.id, r.full_path || '/' || n.path, r.full_name || ' / ' || n.name
-    FROM public.namespaces n JOIN r ON n.parent_id = r.id
-)
-INSERT INTO public.routes (id, source_type, source_id, path, name)
-SELECT %(lo)s + row_number() OVER (ORDER BY id) - 1, 'Namespace', id, full_path, full_name FROM r
-"""
+_NAMESPACE_ROUTES = _sql("generate/namespace_routes.sql")
 
 # Projects j in [0, P) sit in namespaces (skewed to the first ones); j = P, when asked for, is the
 # organization's fork of another organization's project %(upstream)s, or of its own first project
 # when %(upstream)s is NULL.
-_PROJECTS = """
-INSERT INTO public.projects
-    (id, namespace_id, creator_id, name, path, description, visibility_level, star_count,
-     settings, topics, archived, forked_from_project_id, created_at, last_activity_at)
-SELECT %(lo)s + j,
-       %(ns_lo)s + CASE WHEN j < %(p)s
-                        THEN floor(%(ns)s * power(pg_temp.om_u(j, %(s)s), 2))::bigint ELSE 0 END,
-       1 + mod(pg_temp.om_h(j, %(s)s + 1), %(users)s),
-       CASE WHEN j = %(p)s THEN 'Fork of upstream' ELSE 'Project ' || j END,
-       CASE WHEN j = %(p)s THEN 'upstream-fork'
-            WHEN mod(j, 5) = 1 THEN 'Project-' || j ELSE 'project-' || j END,
-       CASE WHEN mod(j, 97) = 0 THEN pg_temp.om_text(%(org)s * 1000000 + j, 300)
-            WHEN mod(pg_temp.om_h(j, %(s)s + 2), 10) = 0 THEN NULL
-            WHEN mod(pg_temp.om_h(j, %(s)s + 2), 10) = 1 THEN %(uni)s::text || ' project ' || j
-            ELSE 'Project ' || j || ' of organization ' || %(org)s END,
-       (ARRAY[0, 10, 20])[1 + mod(pg_temp.om_h(j, %(s)s + 3), 3)],
-       mod(pg_temp.om_h(j, %(s)s + 4), 500),
-       CASE WHEN mod(j, 9) = 4 THEN NULL
-            ELSE jsonb_build_object(
-                'merge_method', (ARRAY['merge', 'rebase_merge', 'ff'])[1 + mod(j, 3)],
-                'ci', jsonb_build_object('timeout', 3600 + mod(j, 7) * 60,
-                                         'auto_cancel', mod(j, 2) = 0),
-                'description', %(uni)s::text) END,
-       CASE WHEN mod(j, 3) = 0 THEN '{}'::text[]
-            ELSE ARRAY['topic-' || mod(j, 5), 'ruby', %(uni)s::text] END,
-       mod(j, 11) = 10,
-       CASE WHEN j = %(p)s THEN coalesce(%(upstream)s, %(lo)s)
-            WHEN j > 0 AND mod(j, 7) = 3 THEN %(lo)s + mod(pg_temp.om_h(j, %(s)s + 5), j) END,
-       pg_temp.om_ts(j, %(s)s + 6),
-       CASE WHEN mod(j, 13) = 5 THEN NULL
-            ELSE pg_temp.om_ts(j, %(s)s + 7) + interval '400 days' END
-FROM generate_series(0, %(n)s - 1) j
-"""
+_PROJECTS = _sql("generate/projects.sql")
 
-_PROJECT_ROUTES = """
-INSERT INTO public.routes (id, source_type, source_id, path, name)
-SELECT %(lo)s + row_number() OVER (ORDER BY p.id) - 1, 'Project', p.id,
-       r.path || '/' || p.path, r.name || ' / ' || p.name
-FROM public.projects p
-JOIN public.routes r ON r.source_id = p.namespace_id AND r.source_type = 'Namespace'
-WHERE p.id >= %(p_lo)s AND p.id < %(p_lo)s + %(pt)s
-"""
+_PROJECT_ROUTES = _sql("generate/project_routes.sql")
 
-_PROJECT_STATISTICS = """
-INSERT INTO public.project_statistics (project_id, repository_size, commit_count, updated_at)
-SELECT p, mod(pg_temp.om_h(p - %(p_lo)s, %(s)s), 10000000000),
-       mod(pg_temp.om_h(p - %(p_lo)s, %(s)s + 1), 50000),
-       pg_temp.om_ts(p - %(p_lo)s, %(s)s + 2)
-FROM generate_series(%(p_lo)s, %(p_lo)s + %(pt)s - 1) p
-ORDER BY p
-"""
+_PROJECT_STATISTICS = _sql("generate/project_statistics.sql")
 
 # Project labels k in [0, NL) belong to project mod(k, P); group labels follow.
-_LABELS = """
-INSERT INTO public.labels (id, project_id, group_id, title, color)
-SELECT %(lo)s + k,
-       CASE WHEN k < %(nl)s THEN %(p_lo)s + mod(k, %(p)s) END,
-       CASE WHEN k >= %(nl)s THEN %(ns_lo)s + mod(k - %(nl)s, %(groups)s) END,
-       CASE WHEN mod(k, 10) = 3 THEN %(uni)s::text || ' ' || k
-            ELSE (ARRAY['bug', 'feature', 'backend', 'frontend', 'P1', 'security'])[1 + mod(k, 6)]
-                 || '-' || k END,
-       '#' || lpad(to_hex(mod(pg_temp.om_h(k, %(s)s), 16777216)), 6, '0')
-FROM generate_series(0, %(n)s - 1) k
-"""
+_LABELS = _sql("generate/labels.sql")
 
-_MEMBERS = """
-INSERT INTO public.members (id, source_type, source_id, user_id, access_level, created_at)
-SELECT %(lo)s + k,
-       CASE WHEN mod(k, 2) = 0 THEN 'Namespace' ELSE 'Project' END,
-       CASE WHEN mod(k, 2) = 0 THEN %(ns_lo)s + mod(k / 2, %(groups)s)
-            ELSE %(p_lo)s + mod(k / 2, %(p)s) END,
-       1 + mod(pg_temp.om_h(k, %(s)s), %(users)s),
-       (ARRAY[10, 20, 30, 40, 50])[1 + mod(pg_temp.om_h(k, %(s)s + 1), 5)],
-       pg_temp.om_ts(k, %(s)s + 2)
-FROM generate_series(0, %(n)s - 1) k
-"""
+_MEMBERS = _sql("generate/members.sql")
 
-_PROJECT_AUTHORIZATIONS = """
-INSERT INTO public.project_authorizations (user_id, project_id, access_level)
-SELECT 1 + mod((k / %(per)s) * 37 + mod(k, %(per)s) + %(org)s, %(users)s),
-       %(p_lo)s + k / %(per)s,
-       (ARRAY[10, 20, 30, 40, 50])[1 + mod(pg_temp.om_h(k, %(s)s), 5)]
-FROM generate_series(0, %(n)s - 1) k
-"""
+_PROJECT_AUTHORIZATIONS = _sql("generate/project_authorizations.sql")
 
 # The project of issue k is floor(P * u(k)^2): skewed, and recomputable by notes and label links.
-_ISSUES = """
-INSERT INTO public.issues
-    (id, project_id, author_id, iid, title, description, state, weight, due_date, time_estimate,
-     created_at)
-SELECT %(lo)s + k, %(p_lo)s + pidx,
-       1 + mod(pg_temp.om_h(k, %(s)s + 1), %(users)s),
-       row_number() OVER (PARTITION BY pidx ORDER BY k),
-       CASE WHEN mod(k, 13) = 0 THEN %(uni)s::text || ' issue ' || k
-            ELSE 'Issue ' || k || ': fix the '
-                 || (ARRAY['build', 'login', 'search', 'pipeline', 'docs'])[1 + mod(k, 5)] END,
-       CASE WHEN mod(k, 1999) = 7 THEN pg_temp.om_text(%(org)s * 1000000 + k, 280)
-            WHEN mod(pg_temp.om_h(k, %(s)s + 2), 5) = 0 THEN NULL
-            ELSE 'Steps to reproduce issue ' || k || E'.\\nExpected: it works.' END,
-       (1 + mod(pg_temp.om_h(k, %(s)s + 3), 2))::smallint,
-       CASE WHEN mod(pg_temp.om_h(k, %(s)s + 4), 3) = 0 THEN NULL
-            ELSE pg_temp.om_u(k, %(s)s + 5) * 8 END,
-       CASE WHEN mod(k, 4) = 0 THEN NULL
-            ELSE date '2020-01-01' + mod(pg_temp.om_h(k, %(s)s + 6), 1500)::integer END,
-       CASE WHEN mod(k, 3) = 0 THEN NULL
-            ELSE mod(pg_temp.om_h(k, %(s)s + 7), 144000) * interval '1 second' END,
-       pg_temp.om_ts(k, %(s)s + 8)
-FROM (SELECT k, floor(%(p)s * power(pg_temp.om_u(k, %(s)s), 2))::bigint AS pidx
-      FROM generate_series(0, %(n)s - 1) k) x
-"""
+_ISSUES = _sql("generate/issues.sql")
 
-_MERGE_REQUESTS = """
-INSERT INTO public.merge_requests
-    (id, target_project_id, source_project_id, author_id, iid, title, state, merge_status,
-     created_at)
-SELECT %(lo)s + k, %(p_lo)s + pidx, %(p_lo)s + pidx,
-       1 + mod(pg_temp.om_h(k, %(s)s + 1), %(users)s),
-       row_number() OVER (PARTITION BY pidx ORDER BY k),
-       CASE WHEN mod(k, 11) = 0 THEN %(uni)s::text || ' MR ' || k ELSE 'Merge request ' || k END,
-       (ARRAY['opened', 'merged', 'closed', 'merged'])[1 + mod(pg_temp.om_h(k, %(s)s + 2), 4)],
-       (ARRAY['can_be_merged', 'cannot_be_merged', 'unchecked'])
-           [1 + mod(pg_temp.om_h(k, %(s)s + 3), 3)],
-       pg_temp.om_ts(k, %(s)s + 4)
-FROM (SELECT k, floor(%(p)s * power(pg_temp.om_u(k, %(s)s), 2))::bigint AS pidx
-      FROM generate_series(0, %(n)s - 1) k) x
-"""
+_MERGE_REQUESTS = _sql("generate/merge_requests.sql")
 
 # Merge requests into the upstream project whose source project is this organization's fork.
-_CROSS_ORG_MERGE_REQUESTS = """
-INSERT INTO public.merge_requests
-    (id, target_project_id, source_project_id, author_id, iid, title, state, merge_status,
-     created_at)
-SELECT %(lo)s + k, %(upstream)s, %(fork)s,
-       1 + mod(pg_temp.om_h(k, %(s)s), %(users)s),
-       (SELECT coalesce(max(iid), 0) FROM public.merge_requests
-        WHERE target_project_id = %(upstream)s) + 1 + k,
-       'Contribution from organization ' || %(org)s || ' #' || k,
-       (ARRAY['opened', 'merged'])[1 + mod(k, 2)], 'can_be_merged',
-       pg_temp.om_ts(k, %(s)s + 1)
-FROM generate_series(0, %(n)s - 1) k
-"""
+_CROSS_ORG_MERGE_REQUESTS = _sql("generate/cross_org_merge_requests.sql")
 
-_NOTES = """
-INSERT INTO public.notes
-    (id, noteable_type, noteable_id, project_id, author_id, note, position, created_at)
-SELECT %(lo)s + k,
-       CASE WHEN is_issue THEN 'Issue' ELSE 'MergeRequest' END,
-       CASE WHEN is_issue THEN %(i_lo)s + j ELSE %(m_lo)s + j END,
-       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(j, CASE WHEN is_issue THEN %(s_issue)s
-                                                         ELSE %(s_mr)s END), 2))::bigint,
-       1 + mod(pg_temp.om_h(k, %(s)s + 2), %(users)s),
-       CASE WHEN mod(k, 4999) = 11 THEN pg_temp.om_text(%(org)s * 1000000 + k, 260)
-            WHEN mod(k, 17) = 0 THEN %(uni)s::text || ' note ' || k
-            WHEN mod(k, 101) = 50 THEN NULL
-            ELSE 'Looks good to me, see comment ' || k END,
-       CASE WHEN NOT is_issue AND mod(k, 3) <> 0
-            THEN jsonb_build_object('old_path', 'app/models/project_' || mod(k, 50) || '.rb',
-                                    'new_line', mod(pg_temp.om_h(k, %(s)s + 3), 900),
-                                    'old_line', NULL, 'position_type', 'text') END,
-       pg_temp.om_ts(k, %(s)s + 4)
-FROM (SELECT k, is_issue,
-             mod(pg_temp.om_h(k, %(s)s + 1),
-                 CASE WHEN is_issue THEN %(i)s ELSE %(m)s END) AS j
-      FROM (SELECT k, mod(pg_temp.om_h(k, %(s)s), 10) < 7 AS is_issue
-            FROM generate_series(0, %(n)s - 1) k) a) x
-"""
+_NOTES = _sql("generate/notes.sql")
 
-_LABEL_LINKS = """
-INSERT INTO public.label_links (id, label_id, target_type, target_id, created_at)
-SELECT %(lo)s + k,
-       %(l_lo)s + floor(%(p)s * power(pg_temp.om_u(j, CASE WHEN is_issue THEN %(s_issue)s
-                                                        ELSE %(s_mr)s END), 2))::bigint
-           + %(p)s * mod(pg_temp.om_h(k, %(s)s + 2), %(nl)s / %(p)s),
-       CASE WHEN is_issue THEN 'Issue' ELSE 'MergeRequest' END,
-       CASE WHEN is_issue THEN %(i_lo)s + j ELSE %(m_lo)s + j END,
-       pg_temp.om_ts(k, %(s)s + 3)
-FROM (SELECT k, is_issue,
-             mod(pg_temp.om_h(k, %(s)s + 1),
-                 CASE WHEN is_issue THEN %(i)s ELSE %(m)s END) AS j
-      FROM (SELECT k, mod(pg_temp.om_h(k, %(s)s), 10) < 7 AS is_issue
-            FROM generate_series(0, %(n)s - 1) k) a) x
-"""
+_LABEL_LINKS = _sql("generate/label_links.sql")
 
-_CI_PIPELINES = """
-INSERT INTO public.ci_pipelines (id, project_id, ref, sha, status, duration_s, created_at)
-SELECT %(lo)s + k,
-       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(k, %(s)s), 2))::bigint,
-       (ARRAY['main', 'master', 'feature/login', 'release/16.0', 'ünïcödé-branch'])
-           [1 + mod(k, 5)],
-       substring(sha256(int8send(%(org)s * 100000000 + k)) FROM 1 FOR 20),
-       st,
-       CASE WHEN st IN ('running', 'created') THEN NULL
-            ELSE pg_temp.om_u(k, %(s)s + 2) * 3600 END,
-       pg_temp.om_ts(k, %(s)s + 3)
-FROM (SELECT k, (ARRAY['success', 'failed', 'running', 'canceled', 'success', 'created'])
-                    [1 + mod(pg_temp.om_h(k, %(s)s + 1), 6)] AS st
-      FROM generate_series(0, %(n)s - 1) k) x
-"""
+_CI_PIPELINES = _sql("generate/ci_pipelines.sql")
 
 # Build k runs in pipeline mod(k, NP); the first half of the pipelines is in partition 100.
-_CI_BUILDS = """
-INSERT INTO public.p_ci_builds
-    (id, partition_id, commit_id, project_id, name, status, stage_idx, options, created_at)
-SELECT %(lo)s + k,
-       CASE WHEN mod(k, %(np)s) < %(np)s / 2 THEN 100 ELSE 101 END,
-       %(pipe_lo)s + mod(k, %(np)s),
-       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(mod(k, %(np)s), %(s_pipe)s), 2))::bigint,
-       (ARRAY['rspec', 'rubocop', 'build', 'deploy', 'jest'])[1 + mod(k, 5)] || ' '
-           || (1 + k / %(np)s),
-       (ARRAY['success', 'failed', 'skipped', 'success'])[1 + mod(pg_temp.om_h(k, %(s)s), 4)],
-       mod(k / %(np)s, 4),
-       '{"script": ["bundle install", "bundle exec rspec"], "timeout": 3600}'::jsonb
-           || jsonb_build_object('retry', mod(k, 3)),
-       pg_temp.om_ts(k, %(s)s + 1)
-FROM generate_series(0, %(n)s - 1) k
-"""
+_CI_BUILDS = _sql("generate/ci_builds.sql")
 
-_CI_JOB_ARTIFACTS = """
-INSERT INTO public.ci_job_artifacts
-    (id, project_id, job_id, partition_id, file_type, file, size, created_at)
-SELECT %(lo)s + k,
-       %(p_lo)s + floor(%(p)s * power(pg_temp.om_u(mod(b, %(np)s), %(s_pipe)s), 2))::bigint,
-       %(b_lo)s + b,
-       CASE WHEN mod(b, %(np)s) < %(np)s / 2 THEN 100 ELSE 101 END,
-       1 + mod(k, 3), file, coalesce(length(file), 0), pg_temp.om_ts(k, %(s)s + 1)
-FROM (SELECT k, b,
-             CASE WHEN mod(k, 200) = 0 THEN pg_temp.om_bytes(%(org)s * 10000000 + k, 300)
-                  WHEN mod(k, 7) = 3 THEN NULL
-                  ELSE substring(sha512(int8send(%(org)s * 10000000 + k))
-                                 || sha512(int8send(-%(org)s * 10000000 - k))
-                                 FROM 1 FOR 8 + mod(pg_temp.om_h(k, %(s)s), 120)::integer) END
-                 AS file
-      FROM (SELECT k, (k * %(nb)s) / %(n)s AS b FROM generate_series(0, %(n)s - 1) k) a) x
-"""
+_CI_JOB_ARTIFACTS = _sql("generate/ci_job_artifacts.sql")
 
-_LFS_OBJECTS_PROJECTS = """
-INSERT INTO public.lfs_objects_projects (id, lfs_object_id, project_id)
-SELECT %(lo)s + k, 1 + mod(pg_temp.om_h(k, %(s)s), %(lfs)s),
-       %(p_lo)s + mod(pg_temp.om_h(k, %(s)s + 1), %(p)s)
-FROM generate_series(0, %(n)s - 1) k
-"""
+_LFS_OBJECTS_PROJECTS = _sql("generate/lfs_objects_projects.sql")
 
 # Row k with mod(k, 10) = 1 repeats row k - 1 exactly: duplicates in a table without a key.
-_WEB_HOOK_LOGS = """
-INSERT INTO public.web_hook_logs_archive (project_id, url, response_status, payload, created_at)
-SELECT %(p_lo)s + mod(pg_temp.om_h(kk, %(s)s), %(p)s),
-       'https://hooks.example.com/' || mod(kk, 7) || '/push',
-       (ARRAY[200, 200, 500, 404, NULL])[1 + mod(pg_temp.om_h(kk, %(s)s + 1), 5)],
-       jsonb_build_object('object_kind', 'push', 'ref', 'refs/heads/main', 'n', kk,
-                          'message', %(uni)s::text),
-       pg_temp.om_ts(kk, %(s)s + 2)
-FROM (SELECT CASE WHEN mod(k, 10) = 1 THEN k - 1 ELSE k END AS kk
-      FROM generate_series(0, %(n)s - 1) k) x
-ORDER BY kk
-"""
+_WEB_HOOK_LOGS = _sql("generate/web_hook_logs.sql")
 
 _TABLE_CODES = {name: 10 * (i + 1) for i, name in enumerate(ALL_TABLES)}
 
@@ -985,111 +684,6 @@ def _analyze(dsn: str, cell: str) -> None:
         raise translate(exc, cell=cell, what="analyze the fixture tables") from exc
 
 
-# ------------------------------------------------------------------------------------------------
-# Independent per-organization row counts (hand-written; tests compare them with the planner)
-
-# The organization's namespaces and projects are gathered first into temporary tables.
-_ORG_SCOPE = """
-CREATE TEMPORARY TABLE om_org_namespaces ON COMMIT DROP AS
-    SELECT id FROM public.namespaces WHERE organization_id = %(org)s;
-CREATE TEMPORARY TABLE om_org_projects ON COMMIT DROP AS
-    SELECT p.id FROM public.projects p JOIN om_org_namespaces n ON n.id = p.namespace_id;
-"""
-
-ORG_COUNT_QUERIES: dict[str, str] = {
-    "organizations": """
-    SELECT count(*) FROM public.organizations WHERE id = %(org)s
-    """,
-    "namespaces": """
-    SELECT count(*) FROM om_org_namespaces
-    """,
-    "routes": """
-    SELECT count(*) FROM public.routes r
-    WHERE (r.source_type = 'Namespace' AND r.source_id IN (SELECT id FROM om_org_namespaces))
-       OR (r.source_type = 'Project' AND r.source_id IN (SELECT id FROM om_org_projects))
-    """,
-    "projects": """
-    SELECT count(*) FROM om_org_projects
-    """,
-    "project_statistics": """
-    SELECT count(*) FROM public.project_statistics
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "labels": """
-    SELECT count(*) FROM public.labels
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-       OR group_id IN (SELECT id FROM om_org_namespaces)
-    """,
-    "members": """
-    SELECT count(*) FROM public.members m
-    WHERE (m.source_type = 'Namespace' AND m.source_id IN (SELECT id FROM om_org_namespaces))
-       OR (m.source_type = 'Project' AND m.source_id IN (SELECT id FROM om_org_projects))
-    """,
-    "project_authorizations": """
-    SELECT count(*) FROM public.project_authorizations
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "issues": """
-    SELECT count(*) FROM public.issues
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "merge_requests": """
-    SELECT count(*) FROM public.merge_requests
-    WHERE target_project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "notes": """
-    SELECT count(*) FROM public.notes
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "label_links": """
-    SELECT count(*) FROM public.label_links ll JOIN public.labels l ON l.id = ll.label_id
-    WHERE l.project_id IN (SELECT id FROM om_org_projects)
-       OR l.group_id IN (SELECT id FROM om_org_namespaces)
-    """,
-    "ci_pipelines": """
-    SELECT count(*) FROM public.ci_pipelines
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "p_ci_builds": """
-    SELECT count(*) FROM public.p_ci_builds
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "ci_job_artifacts": """
-    SELECT count(*) FROM public.ci_job_artifacts
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "lfs_objects_projects": """
-    SELECT count(*) FROM public.lfs_objects_projects
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-    "web_hook_logs_archive": """
-    SELECT count(*) FROM public.web_hook_logs_archive
-    WHERE project_id IN (SELECT id FROM om_org_projects)
-    """,
-}
-
-
-def org_row_counts(dsn: str, org_id: int, *, cell: str = "cell") -> dict[str, int]:
-    """Rows per org-scoped table that belong to ``org_id`` (``p_ci_builds`` counted through the
-    partitioned parent, not per partition). Read-only: the transaction is rolled back."""
-    counts: dict[str, int] = {}
-    params = {"org": Int8(org_id)}
-    try:
-        with connect(dsn, cell=cell, application_name=APP) as conn:
-            with conn.cursor() as cur:
-                # One statement at a time: parameters need the extended protocol.
-                for statement in _ORG_SCOPE.split(";"):
-                    if statement.strip():
-                        cur.execute(statement.encode(), params)
-                for table, query in ORG_COUNT_QUERIES.items():
-                    row = cur.execute(query.encode(), params).fetchone()
-                    counts[table] = int(row[0]) if row else 0
-            conn.rollback()
-    except psycopg.Error as exc:
-        raise translate(exc, cell=cell, dsn=dsn, what="count the organization's rows") from exc
-    return counts
-
-
 __all__ = [
     "ALL_TABLES",
     "ID_RANGE",
@@ -1105,6 +699,5 @@ __all__ = [
     "install_schema",
     "org_counts",
     "org_home",
-    "org_row_counts",
     "seed",
 ]

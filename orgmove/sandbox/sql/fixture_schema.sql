@@ -1,4 +1,4 @@
--- The GitLab-shaped fixture schema (DESIGN.md section 8), loaded identically into every Cell by
+-- The GitLab-shaped fixture schema (docs/architecture.md, "Development tools"), loaded identically into every Cell by
 -- orgmove.seed.install_schema(). Tables live in `public`, partitions of p_ci_builds in
 -- `gitlab_partitions_dynamic`, like in GitLab.
 --

@@ -9,9 +9,9 @@ from rich.console import Console
 
 from orgmove.config import load_config
 from orgmove.obs import make_progress
-from orgmove.sandbox import Sandbox
+from orgmove.sandbox.sandbox import Sandbox
 
-RULES = Path(__file__).resolve().parent.parent / "plans" / "gitlab.rules.yaml"
+RULES = Path(__file__).resolve().parents[2] / "plans" / "gitlab.rules.yaml"
 
 
 def rules_path() -> str:

@@ -1,0 +1,138 @@
+"""teardown: ``rollback`` (before the flip: abort, lift the source fence, delete the org's copied
+rows from the target) and ``cleanup`` (after the flip: delete the org's rows from the source,
+children first, in batches). See docs/architecture.md "After the flip"."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from orgmove import db, state
+from orgmove.chunking import WHOLE, org_rows_where
+from orgmove.config import Config
+from orgmove.cutover import org_int, topology_client
+from orgmove.errors import MoveStateError, PreflightFailed
+from orgmove.fence import has_fence, lift_fence
+from orgmove.movectx import MoveContext
+from orgmove.obs import NullProgress, ProgressSink, log
+from orgmove.plan import Plan, Step, table_ident
+
+
+def _delete_org_rows(conn: psycopg.Connection[Any], step: Step, plan: Plan, batch_rows: int,
+                     progress: ProgressSink | None = None, pause_s: float = 0.0) -> int:
+    """Delete the org's rows of one table in batches; returns the rows deleted."""
+    where = org_rows_where(step, plan.root, plan.org, WHOLE)
+    t = table_ident(step.table)
+    if step.key:
+        keys = sql.SQL(", ").join(sql.Identifier(k) for k in step.key)
+        keys_row = keys if len(step.key) == 1 else sql.SQL("({})").format(keys)
+        stmt = sql.SQL("DELETE FROM {t} WHERE {kr} IN (SELECT {k} FROM {t} WHERE {w} LIMIT {n})").format(
+            t=t, kr=keys_row, k=keys, w=where, n=sql.Literal(batch_rows))
+    else:
+        stmt = sql.SQL("DELETE FROM {t} WHERE {w}").format(t=t, w=where)
+    total = 0
+    while True:
+        with conn.transaction():
+            cur = conn.execute(stmt)
+            n = cur.rowcount
+        total += n
+        if progress is not None:
+            progress.advance(step.table, n)
+        if n == 0 or not step.key:
+            return total
+        if pause_s:
+            time.sleep(pause_s)
+
+
+def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
+    ctx = MoveContext.create(plan, config)
+    deleted: dict[str, int] = {}
+    with ctx.control("rollback") as (src, dst):
+        move = state.get_move(dst, plan.move_key)
+        if move is not None and move.state in state.AFTER_FLIP:
+            raise MoveStateError(
+                f"move {plan.move_key} was committed: organization {plan.org} lives on {plan.to_cell}; "
+                "rollback only undoes a move before its flip",
+                fix=f"a move back is a new move: `orgmove move --org {plan.org} --from {plan.to_cell} "
+                f"--to {plan.from_cell}`",
+            )
+        if config.topology is not None:
+            with topology_client(config) as topo:
+                if move is not None and move.get("topology_move_id"):
+                    _abort_topology_move(topo, plan, move.get("topology_move_id"))
+                owner = topo.owner_of_org(org_int(plan))
+                if owner == plan.to_cell:
+                    raise MoveStateError(
+                        f"the Topology Service says organization {plan.org} lives on {plan.to_cell}; "
+                        f"rollback would delete its live rows there",
+                        fix="a move back is a new move; nothing was deleted",
+                    )
+        if config.topology is None:
+            log(logging.WARNING, "no Topology Service configured: rollback cannot check who owns the "
+                "organization; it trusts the move state on the target", move=plan.move_key)
+        if has_fence(src, str(plan.org)):
+            lift_fence(src, str(plan.org))
+        for step in reversed(plan.steps):
+            with db.wrap_errors(ctx.target, f"delete {step.table}"):
+                deleted[step.table] = _delete_org_rows(dst, step, plan, 10_000)
+        if move is not None:
+            state.forget_chunks(dst, plan.move_key)
+            state.update_move(dst, plan.move_key, state=state.MoveState.ROLLED_BACK, last_error=None)
+            state.record_event(dst, plan.move_key, "rolled_back", "copied rows deleted from the target",
+                               rows=sum(deleted.values()))
+    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
+            "owner": plan.from_cell}
+
+
+def _abort_topology_move(topo: Any, plan: Plan, move_id: str) -> None:
+    previous = topo.get_move(move_id)
+    if previous.status == "committed":
+        raise MoveStateError(
+            f"the Topology Service says move {plan.move_key} was committed",
+            fix="rerun `orgmove cutover` to record it; a move back is a new move",
+        )
+    if previous.status in ("begun", "fenced"):
+        topo.abort_move(previous.move_id, previous.fencing_token, "rollback")
+
+
+def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s: float = 0.0,
+                progress: ProgressSink | None = None) -> dict[str, Any]:
+    progress = progress or NullProgress()
+    ctx = MoveContext.create(plan, config)
+    deleted: dict[str, int] = {}
+    with ctx.control("cleanup") as (src, dst):
+        move = state.get_move(dst, plan.move_key)
+        if move is None or move.state not in state.AFTER_FLIP:
+            raise MoveStateError(
+                f"move {plan.move_key} is not committed (state {move.state if move else 'none'}); "
+                "cleanup deletes the source rows only after the flip",
+                fix="finish the move with `orgmove cutover` first",
+            )
+        if not move.get("verify_clean"):
+            raise MoveStateError(f"move {plan.move_key} has no clean verification on record",
+                                 fix="run `orgmove verify` until it reports equal")
+        if config.topology is not None:
+            with topology_client(config) as topo:
+                owner = topo.owner_of_org(org_int(plan))
+            if owner != plan.to_cell:
+                raise PreflightFailed(
+                    f"the Topology Service says organization {plan.org} is owned by {owner!r}, "
+                    f"not {plan.to_cell!r}; refusing to delete its rows from {plan.from_cell}",
+                    fix="check `orgmove status --org`",
+                )
+        state.update_move(dst, plan.move_key, state=state.MoveState.CLEANING)
+        progress.start("cleanup", {s.table: s.estimated_rows for s in plan.steps})
+        try:
+            for step in reversed(plan.steps):
+                with db.wrap_errors(ctx.source, f"delete {step.table}"):
+                    deleted[step.table] = _delete_org_rows(src, step, plan, batch_rows, progress, pause_s)
+        finally:
+            progress.finish()
+        state.update_move(dst, plan.move_key, state=state.MoveState.CLEANED)
+        state.record_event(dst, plan.move_key, "cleaned", "source rows deleted",
+                           rows=sum(deleted.values()))
+    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted}

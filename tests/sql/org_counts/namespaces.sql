@@ -1,0 +1,3 @@
+
+    SELECT count(*) FROM om_org_namespaces
+    

@@ -1,0 +1,3 @@
+
+    SELECT count(*) FROM public.organizations WHERE id = %(org)s
+    
