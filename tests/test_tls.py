@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from orgmove.pgcluster import LocalCluster, find_pg_bin, free_port
 
 from orgmove import db
 from orgmove.errors import AuthenticationFailed, CellUnreachable, ConfigError, OrgmoveError
+from orgmove.sandbox.pgcluster import LocalCluster, find_pg_bin, free_port
 
 PASSWORD = "pw-tls-test-only"
 SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
