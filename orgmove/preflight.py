@@ -196,9 +196,11 @@ def _key_range_clear(
     key, typ = step.key[0], step.key_types[0]
     cond = filter_condition(step, plan.root, plan.org)
     with src.cursor() as cur:
-        cur.execute(sql.SQL("SELECT min({k})::text, max({k})::text FROM {t} WHERE {c}").format(
-            k=sql.Identifier(key), t=table_ident(step.table), c=cond
-        ))
+        # Order-based bounds, not min()/max(): uuid and other ordered types have no such aggregate.
+        cur.execute(sql.SQL(
+            "SELECT (SELECT {k}::text FROM {t} WHERE {c} ORDER BY {k} LIMIT 1),"
+            " (SELECT {k}::text FROM {t} WHERE {c} ORDER BY {k} DESC LIMIT 1)"
+        ).format(k=sql.Identifier(key), t=table_ident(step.table), c=cond))
         row = cur.fetchone()
     if row is None or row[0] is None:
         return True  # the organization has no rows here
