@@ -29,7 +29,7 @@ A table with a declared sharding key is owned through it; its foreign keys to ot
 then only order the copy.
 
 ``--rules DIR`` reads a directory of GitLab table-dictionary files (``db/docs/*.yml``) instead,
-see :func:`load_dictionary` and docs GITLAB-DICTIONARY.md.
+see :func:`load_dictionary`.
 """
 
 from __future__ import annotations

@@ -33,8 +33,12 @@ def test_every_named_path_exists() -> None:
     assert not missing, "paths named in the docs that do not exist:\n" + "\n".join(missing)
 
 
+# Design notes that live beside the repository, not in it (spelled apart so this file is no citation).
+OUTSIDE_DOCS = ("DESIGN" + ".md", "GITLAB-DICTIONARY" + ".md", "../" + "shared")
+
+
 def test_no_citation_outside_the_repository() -> None:
     offenders = [str(p.relative_to(REPO)) for p in [*DOCS, *(REPO / "orgmove").rglob("*.py"),
                                                    *(REPO / "orgmove").rglob("*.sql")]
-                 if "DESIGN.md" in p.read_text(encoding="utf-8")]
+                 if any(name in p.read_text(encoding="utf-8") for name in OUTSIDE_DOCS)]
     assert offenders == []
