@@ -45,7 +45,9 @@ from orgmove.movectx import MoveContext
 from orgmove.obs import METRICS, NullProgress, ProgressSink, log
 from orgmove.plan import Plan
 from orgmove.sync import all_chunks, checksum_round, sync_until_clean
+from orgmove.topology.api import TopologyAPI
 from orgmove.topology.client import client_from_config
+from orgmove.topology.models import Move
 
 
 @dataclass
@@ -108,7 +110,7 @@ def freeze_estimate(full_checksum_s: float) -> float:
     return full_checksum_s * 1.5 + 1.0
 
 
-def topology_client(config: Config) -> Any:
+def topology_client(config: Config) -> TopologyAPI:
     if config.topology is None:
         raise BadInput(
             "cutover needs the Topology Service, and the config has no [topology] section",
@@ -129,7 +131,7 @@ def org_int(plan: Plan) -> int:
 
 
 def _preconditions(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any],
-                   topo: Any) -> dict[str, Any]:
+                   topo: TopologyAPI) -> dict[str, Any]:
     plan = ctx.plan
     checks: dict[str, Any] = {}
     ctx.check_fingerprints(src, dst)
@@ -186,7 +188,7 @@ def run_cutover(plan: Plan, config: Config, options: CutoverOptions | None = Non
         return _run_cutover(plan, config, topo, options or CutoverOptions(), progress or NullProgress())
 
 
-def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
+def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: CutoverOptions,
                  progress: ProgressSink) -> CutoverReport:
     ctx = MoveContext.create(plan, config)
     report = CutoverReport(plan.move_key, str(plan.org), plan.from_cell, plan.to_cell, dry_run=options.dry_run)
@@ -314,7 +316,7 @@ def _run_cutover(plan: Plan, config: Config, topo: Any, options: CutoverOptions,
     return report
 
 
-def _commit(topo: Any, mv: Any, expected_owner: str) -> Any:
+def _commit(topo: TopologyAPI, mv: Move, expected_owner: str) -> Move:
     """Commit; after a lost answer, read the move back rather than guess."""
     try:
         return topo.commit_move(mv.move_id, mv.fencing_token, expected_owner)
@@ -338,8 +340,8 @@ def _after_commit(ctx: MoveContext, dst: psycopg.Connection[Any], freeze: float,
         new_owner=plan.to_cell)
 
 
-def _abort(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any], topo: Any,
-           mv: Any, reason: str) -> None:
+def _abort(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any], topo: TopologyAPI,
+           mv: Move, reason: str) -> None:
     """Return the org to its source, writable. Best effort on each part: a part that fails is
     reported and left to the lease expiry or to `orgmove rollback`."""
     plan = ctx.plan
@@ -370,7 +372,7 @@ def _abort(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connecti
 
 
 def _finish_or_abort_previous(ctx: MoveContext, src: psycopg.Connection[Any],
-                              dst: psycopg.Connection[Any], topo: Any) -> CutoverReport | None:
+                              dst: psycopg.Connection[Any], topo: TopologyAPI) -> CutoverReport | None:
     """A previous cutover died (kill -9): finish it if the flip happened (its report is returned),
     otherwise abort it (None: go on with a new cutover)."""
     plan = ctx.plan

@@ -20,6 +20,7 @@ from orgmove.fence import has_fence, lift_fence
 from orgmove.movectx import MoveContext
 from orgmove.obs import NullProgress, ProgressSink, log
 from orgmove.plan import Plan, Step, table_ident
+from orgmove.topology.api import TopologyAPI
 
 
 def _delete_org_rows(conn: psycopg.Connection[Any], step: Step, plan: Plan, batch_rows: int,
@@ -88,7 +89,7 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
             "owner": plan.from_cell}
 
 
-def _abort_topology_move(topo: Any, plan: Plan, move_id: str) -> None:
+def _abort_topology_move(topo: TopologyAPI, plan: Plan, move_id: str) -> None:
     previous = topo.get_move(move_id)
     if previous.status == "committed":
         raise MoveStateError(
