@@ -61,6 +61,17 @@ def orgmove_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 
     )
 
 
+def cli_ok(config_path: Path, *args: str, code: int = 0) -> Any:
+    """Run the CLI against a config; assert the exit code and that no traceback leaked; the parsed
+    JSON document when ``--json`` was asked for, else the finished process."""
+    import json
+
+    proc = orgmove_cli("--config", str(config_path), *args)
+    assert proc.returncode == code, (args, proc.stderr)
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout) if "--json" in args else proc
+
+
 def orgmove_popen(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = dict(os.environ)
     full_env.pop("ORGMOVE_FAILPOINTS", None)

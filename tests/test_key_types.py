@@ -4,7 +4,6 @@ and cleanup. The pre-flight's key-range check once asked for min(uuid), which Po
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import psycopg
 
 from orgmove.plan import read_plan
-from tests.helpers import RULES, org_checksums, orgmove_cli, other_rows_checksums
+from tests.helpers import RULES, cli_ok, org_checksums, other_rows_checksums
 from tests.world import World, world
 
 __all__ = ["world"]  # the `world` fixture, used by the test below
@@ -58,10 +57,7 @@ def _add_rows(dsn: str, org: int) -> None:
 
 
 def _cli(world: World, *args: str, code: int = 0) -> Any:
-    proc = orgmove_cli("--config", str(world.config_path), *args)
-    assert proc.returncode == code, (args, proc.stderr)
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout) if "--json" in args else proc
+    return cli_ok(world.config_path, *args, code=code)
 
 
 def test_move_of_uuid_text_and_composite_keys(world: World) -> None:

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from orgmove.errors import PlanError
 from orgmove.plan import RootSpec, Step, cast_type, read_plan, render_filter_for_review
-from tests.helpers import RULES, org_checksums, orgmove_cli, other_rows_checksums
+from tests.helpers import RULES, cli_ok, org_checksums, other_rows_checksums
 from tests.world import World, world
 
 __all__ = ["world"]  # the `world` fixture, used by the tests below
@@ -95,10 +95,7 @@ def _add_rows(dsn: str, org: int, id_base: int) -> int:
 
 
 def _cli(world: World, *args: str, code: int = 0) -> Any:
-    proc = orgmove_cli("--config", str(world.config_path), *args)
-    assert proc.returncode == code, (args, proc.stderr)
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
-    return json.loads(proc.stdout) if "--json" in args else proc
+    return cli_ok(world.config_path, *args, code=code)
 
 
 def test_move_of_tables_whose_names_need_quoting(world: World) -> None:
