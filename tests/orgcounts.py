@@ -9,6 +9,7 @@ import psycopg
 from psycopg.types.numeric import Int8
 
 from orgmove.db import connect, translate
+from orgmove.sandbox.seed import ORG_TABLES
 
 APP = "orgmove-seed"
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -26,25 +27,7 @@ _ORG_SCOPE = _test_sql("org_counts/org_scope.sql")
 
 ORG_COUNT_QUERIES: dict[str, str] = {
     table: _test_sql(f"org_counts/{table}.sql")
-    for table in (
-        "organizations",
-        "namespaces",
-        "routes",
-        "projects",
-        "project_statistics",
-        "labels",
-        "members",
-        "project_authorizations",
-        "issues",
-        "merge_requests",
-        "notes",
-        "label_links",
-        "ci_pipelines",
-        "p_ci_builds",
-        "ci_job_artifacts",
-        "lfs_objects_projects",
-        "web_hook_logs_archive",
-    )
+    for table in ORG_TABLES
 }
 
 
