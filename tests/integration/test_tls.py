@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from orgmove import db
-from orgmove.errors import AuthenticationFailed, CellUnreachable, ConfigError, OrgmoveError
+from orgmove.errors import (
+    EXIT_BAD_INPUT,
+    AuthenticationFailed,
+    CellUnreachable,
+    CertificateRejected,
+    ConfigError,
+    OrgmoveError,
+)
 from orgmove.sandbox.pgcluster import LocalCluster, find_pg_bin, free_port
 
 PASSWORD = "pw-tls-test-only"
@@ -124,6 +131,14 @@ def data_plane_ssl(dsn: str) -> bool:
     return asyncio.run(probe())
 
 
+def assert_permanent_certificate_error(error: CertificateRejected) -> None:
+    """A refused certificate is a setting to fix (exit 2), never retried like an unreachable Cell."""
+    assert not isinstance(error, CellUnreachable)
+    assert not error.retryable and not db.is_transient(error)
+    assert error.exit_code == EXIT_BAD_INPUT
+    assert error.fix is not None and "sslrootcert" in error.fix and "server certificate" in error.fix
+
+
 PLANES = {"control plane (psycopg)": control_plane_ssl, "data plane (asyncpg)": data_plane_ssl}
 both_planes = pytest.mark.parametrize("ssl_in_use", PLANES.values(), ids=list(PLANES))
 
@@ -144,15 +159,17 @@ def test_verify_full_as_a_uri_uses_tls(tls_server: TlsServer, ssl_in_use) -> Non
 @pytest.mark.parametrize("sslmode", ["verify-full", "verify-ca", "require"])
 def test_a_server_certificate_from_another_ca_is_refused(tls_server: TlsServer, ssl_in_use, sslmode: str) -> None:
     # require with a root certificate verifies the chain, as libpq documents.
-    with pytest.raises(CellUnreachable, match="certificate verify failed"):
+    with pytest.raises(CertificateRejected, match="certificate verify failed") as caught:
         ssl_in_use(tls_server.dsn("localhost", sslmode=sslmode, sslrootcert=tls_server.wrong_ca))
+    assert_permanent_certificate_error(caught.value)
 
 
 @both_planes
 def test_verify_full_refuses_a_certificate_for_another_host(tls_server: TlsServer, ssl_in_use) -> None:
     # The certificate names localhost, not 127.0.0.1.
-    with pytest.raises(CellUnreachable):
+    with pytest.raises(CertificateRejected) as caught:
         ssl_in_use(tls_server.dsn("127.0.0.1", sslmode="verify-full", sslrootcert=tls_server.right_ca))
+    assert_permanent_certificate_error(caught.value)
 
 
 @both_planes
@@ -187,7 +204,7 @@ def test_pgsslmode_and_pgsslrootcert_apply_to_both_planes(
 ) -> None:
     monkeypatch.setenv("PGSSLMODE", "verify-full")
     monkeypatch.setenv("PGSSLROOTCERT", str(tls_server.wrong_ca))
-    with pytest.raises(CellUnreachable, match="certificate verify failed"):
+    with pytest.raises(CertificateRejected, match="certificate verify failed"):
         ssl_in_use(tls_server.dsn("localhost"))
     monkeypatch.setenv("PGSSLROOTCERT", str(tls_server.right_ca))
     assert ssl_in_use(tls_server.dsn("localhost"))
