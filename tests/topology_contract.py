@@ -96,6 +96,19 @@ def an_unknown_organization_is_named(h: Harness) -> None:
         h.api.begin_move(next(h.org_ids), "cell-1", "cell-2", lease_ttl_s=60)
 
 
+def arguments_are_checked_alike(h: Harness) -> None:
+    refused("bad_request", lambda: h.api.register_cell("c" * 201, "http://x.example"))
+    org = next(h.org_ids)
+    twice = org_claims(org, routes=1) + org_claims(org, routes=1)[1:]
+    error = refused("duplicate_record", lambda: h.api.create_claims("cell-1", twice))
+    assert f"route=o{org}/p0" in error.message
+    assert h.api.owner_of_org(org) is None
+    h.api.create_claims("cell-1", org_claims(org))
+    assert h.api.get_organization(str(org)).org_id == org  # "42" is organization 42
+    with pytest.raises(UnknownOrganization, match="not a numeric id"):
+        h.api.get_organization("acme")
+
+
 # --- move leases, fencing tokens, compare-and-swap -------------------------------------------
 
 
@@ -228,6 +241,7 @@ BEHAVIOURS: dict[str, Callable[[Harness], None]] = {
         a_taken_bucket_is_refused_and_nothing_is_created,
         claims_of_an_org_come_from_its_owner,
         an_unknown_organization_is_named,
+        arguments_are_checked_alike,
         a_move_flips_every_claim_by_compare_and_swap,
         a_commit_with_a_wrong_expected_owner_changes_nothing,
         a_commit_before_the_fence_is_refused,
