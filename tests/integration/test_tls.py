@@ -8,6 +8,7 @@ view of the session (``pg_stat_ssl``) or the refusal the connection attempt ends
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from orgmove.errors import (
     OrgmoveError,
 )
 from orgmove.sandbox.pgcluster import LocalCluster, find_pg_bin, free_port
+from tests.helpers import orgmove_cli
 
 PASSWORD = "pw-tls-test-only"
 SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -214,3 +216,20 @@ def test_verify_full_without_a_root_certificate_is_a_config_error_on_the_data_pl
     with pytest.raises(ConfigError, match="does not exist") as caught:
         data_plane_ssl(tls_server.dsn("localhost", sslmode="verify-full", sslrootcert=tls_server.missing_ca))
     assert caught.value.exit_code == 2
+
+
+def test_the_cli_reports_a_refused_certificate_as_a_setting_to_fix(tls_server: TlsServer, tmp_path: Path) -> None:
+    # The operator's path: one paragraph naming the problem and the fix, exit 2, no traceback.
+    wrong = tls_server.dsn("localhost", sslmode="verify-full", sslrootcert=tls_server.wrong_ca)
+    config = tmp_path / "orgmove.toml"
+    config.write_text(f'[cells."tls-a"]\ndsn = "{wrong}"\n\n[cells."tls-b"]\ndsn = "{wrong}"\n')
+    config.chmod(0o600)
+    proc = orgmove_cli("--config", str(config), "plan", "--org", "1", "--from", "tls-a", "--to", "tls-b",
+                       "--out", str(tmp_path / "p.json"), "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    error = json.loads(proc.stdout)["error"]
+    assert error["code"] == "tls_certificate_rejected"
+    assert "certificate verify failed" in error["message"] and "sslrootcert" in error["fix"]
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert not (tmp_path / "p.json").exists()
