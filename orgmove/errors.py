@@ -62,6 +62,13 @@ class ConfigError(BadInput):
     code = "config_error"
 
 
+class CertificateRejected(ConfigError):
+    """The TLS handshake refused the server's certificate (another CA, another host name). A
+    setting to correct, never worth retrying: the next attempt meets the same certificate."""
+
+    code = "tls_certificate_rejected"
+
+
 class EnvironmentProblem(BadInput):
     """The machine lacks something orgmove needs (server binaries, a free port, a directory)."""
 

@@ -11,13 +11,14 @@ from orgmove import db, state
 from orgmove.config import Config
 from orgmove.errors import OrgmoveError
 from orgmove.plan import Plan
+from orgmove.topology.api import TopologyAPI
 
 MOVE_FIELDS = ("state", "snapshot_consistent", "snapshots", "copy_started_at", "copy_finished_at",
                "verified_at", "verify_clean", "verify_seconds", "topology_move_id", "fencing_token",
                "fenced_at", "committed_at", "freeze_window_s", "last_error", "updated_at")
 
 
-def _describe(conn: Any, move: state.MoveRow) -> dict[str, Any]:
+def _describe(conn: psycopg.Connection[Any], move: state.MoveRow) -> dict[str, Any]:
     counts = state.chunk_counts(conn, move.move_key)
     doc: dict[str, Any] = {"move": move.move_key, "org": move.org, "from": move.from_cell,
                            "to": move.to_cell}
@@ -56,24 +57,29 @@ def move_status(config: Config, *, plan: Plan | None = None, org: str | None = N
     if config.topology is not None:
         from orgmove.topology.client import client_from_config
 
-        client = client_from_config(config)
-        try:
-            org_int = int(org_key)
-            with contextlib.suppress(OrgmoveError):
-                info = client.get_organization(org_int)
-                doc["owner"] = info.owner_cell
-                doc["org_state"] = info.state
-            live = [m for m in client.moves_for_org(org_int) if m.status in ("begun", "fenced")]
-            if live:
-                m = live[0]
-                doc["lease"] = {"move_id": str(m.move_id), "status": m.status,
-                                "from": m.from_cell, "to": m.to_cell,
-                                "fencing_token": m.fencing_token,
-                                "expires_at": m.lease_expires_at.isoformat()}
-        except (ValueError, OrgmoveError) as exc:
-            doc["topology_error"] = str(exc)
-        finally:
-            client.close()
+        with client_from_config(config) as client:
+            doc.update(topology_status(client, org_key))
     else:
         doc["topology_error"] = "no [topology] in the config"
+    return doc
+
+
+def topology_status(client: TopologyAPI, org_key: str) -> dict[str, Any]:
+    """The organization's owner, state and live move lease as the Topology Service sees them."""
+    doc: dict[str, Any] = {}
+    try:
+        org_int = int(org_key)
+        with contextlib.suppress(OrgmoveError):
+            info = client.get_organization(org_int)
+            doc["owner"] = info.owner_cell
+            doc["org_state"] = info.state
+        live = [m for m in client.moves_for_org(org_int) if m.status in ("begun", "fenced")]
+        if live:
+            m = live[0]
+            doc["lease"] = {"move_id": str(m.move_id), "status": m.status,
+                            "from": m.from_cell, "to": m.to_cell,
+                            "fencing_token": m.fencing_token,
+                            "expires_at": m.lease_expires_at.isoformat()}
+    except (ValueError, OrgmoveError) as exc:
+        doc["topology_error"] = str(exc)
     return doc

@@ -43,6 +43,8 @@ from orgmove.topology.models import (
     LeasePage,
     Organization,
     ServiceError,
+    check_cell_name,
+    check_unique_buckets,
     route_prefixes,
 )
 
@@ -56,8 +58,7 @@ class ClaimStore:
     # --- cells -------------------------------------------------------------------------------
 
     def register_cell(self, name: str, cell: CellIn) -> Cell:
-        if not name or len(name) > 200:
-            raise ServiceError(400, "bad_request", "a cell name is 1 to 200 characters")
+        check_cell_name(name)
         with self._db.transaction() as cur:
             if cell.sequence_start is not None:
                 cur.execute("LOCK TABLE topology.cells IN SHARE ROW EXCLUSIVE MODE")
@@ -170,14 +171,7 @@ class ClaimStore:
                                "give create_records and/or destroy_records")
         keys: list[tuple[str, str]] = [(r.bucket.type, r.bucket.value) for r in req.create_records]
         keys += [(r.bucket.type, r.bucket.value) for r in req.destroy_records]
-        dupes = sorted({k for k in keys if keys.count(k) > 1}) if len(set(keys)) < len(keys) else []
-        if dupes:
-            raise ServiceError(
-                400, "duplicate_record",
-                "a claim appears more than once in the batch: "
-                + ", ".join(f"{t}={v}" for t, v in dupes[:10]),
-                "name each bucket at most once per update",
-            )
+        check_unique_buckets(keys)
         # Lock order: organization rows, then claims by bucket (commit_move takes the same).
         self._check_orgs_writable(cur, req.cell_id, req.create_records)
         ordered = sorted(set(keys))

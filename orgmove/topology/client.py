@@ -47,6 +47,7 @@ from orgmove.topology.models import (
     Organization,
     Source,
     Subject,
+    org_id_of,
 )
 
 __all__ = [
@@ -305,7 +306,7 @@ class TopologyClient:
         return Classification.model_validate(body)
 
     def get_organization(self, org_id: int | str) -> Organization:
-        path = f"/v1/organizations/{_org_id(org_id)}"
+        path = f"/v1/organizations/{org_id_of(org_id)}"
         return Organization.model_validate(self._json("GET", path))
 
     def owner_of_org(self, org_id: int | str) -> str | None:
@@ -330,7 +331,7 @@ class TopologyClient:
         *,
         idempotency_key: str | None = None,
     ) -> Move:
-        body = {"org_id": _org_id(org_id), "from_cell": from_cell, "to_cell": to_cell,
+        body = {"org_id": org_id_of(org_id), "from_cell": from_cell, "to_cell": to_cell,
                 "lease_ttl_s": lease_ttl_s,
                 "idempotency_key": idempotency_key or str(uuid.uuid4())}
         return Move.model_validate(self._json("POST", "/v1/moves", json=body))
@@ -354,24 +355,12 @@ class TopologyClient:
 
     def moves_for_org(self, org_id: int | str, limit: int = 100) -> list[Move]:
         """Newest first."""
-        params = {"org_id": _org_id(org_id), "limit": limit}
+        params = {"org_id": org_id_of(org_id), "limit": limit}
         rows = self._json("GET", "/v1/moves", params=params)
         return [Move.model_validate(m) for m in rows]
 
     def _move_action(self, move_id: uuid.UUID | str, action: str, body: dict[str, Any]) -> Move:
         return Move.model_validate(self._json("POST", f"/v1/moves/{move_id}/{action}", json=body))
-
-
-def _org_id(org_id: int | str) -> int:
-    if isinstance(org_id, int):
-        return org_id
-    if org_id.strip().isdigit():
-        return int(org_id)
-    raise UnknownOrganization(
-        f"organization {org_id!r} is not a numeric id; the Topology Service keys organizations "
-        "by id",
-        fix="give the organization's numeric id",
-    )
 
 
 def client_from_config(config: Config) -> TopologyClient:

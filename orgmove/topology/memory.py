@@ -14,6 +14,7 @@ leases, classify and paging are the real service's alone.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,6 +37,10 @@ from orgmove.topology.models import (
     MoveRenew,
     Organization,
     OrgState,
+    ServiceError,
+    check_cell_name,
+    check_unique_buckets,
+    org_id_of,
 )
 
 Clock = Callable[[], datetime]
@@ -73,6 +78,16 @@ def _bad_request(exc: ValidationError) -> OrgmoveError:
     return refusal("bad_request", 422, f"invalid request: {summary}", "correct the request")
 
 
+@contextlib.contextmanager
+def _as_refusal() -> Iterator[None]:
+    """A shared argument check's ServiceError, raised as the client raises the service's answer."""
+    try:
+        yield
+    except ServiceError as exc:
+        raise refusal(exc.code, exc.status, exc.message, exc.fix, retryable=exc.retryable,
+                      details=exc.details) from None
+
+
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
@@ -81,18 +96,6 @@ def _uuid(value: uuid.UUID | str) -> uuid.UUID:
     except ValueError:
         raise refusal("bad_request", 422, f"invalid request: {value!r} is not a UUID",
                       "correct the request") from None
-
-
-def _org_id(org_id: int | str) -> int:
-    if isinstance(org_id, int):
-        return org_id
-    if org_id.strip().isdigit():
-        return int(org_id)
-    raise UnknownOrganization(
-        f"organization {org_id!r} is not a numeric id; the Topology Service keys organizations "
-        "by id",
-        fix="give the organization's numeric id",
-    )
 
 
 class MemoryTopology:
@@ -135,8 +138,8 @@ class MemoryTopology:
                                           "sequence_end": sequence_end})
         except ValidationError as exc:
             raise _bad_request(exc) from None
-        if not name or len(name) > 200:
-            raise refusal("bad_request", 400, "a cell name is 1 to 200 characters")
+        with _as_refusal():
+            check_cell_name(name)
         with self._lock:
             now = self.clock()
             if cell.sequence_start is not None and cell.sequence_end is not None:
@@ -182,12 +185,8 @@ class MemoryTopology:
                 raise refusal("empty_update", 400, "the update names no records",
                               "give create_records and/or destroy_records")
             keys = [(r.bucket.type, r.bucket.value) for r in recs]
-            dupes = sorted({k for k in keys if keys.count(k) > 1})
-            if dupes:
-                raise refusal("duplicate_record", 400,
-                              "a claim appears more than once in the batch: "
-                              + ", ".join(f"{t}={v}" for t, v in dupes[:10]),
-                              "name each bucket at most once per update")
+            with _as_refusal():
+                check_unique_buckets(keys)
             for org_id in sorted({r.organization_id for r in recs if r.organization_id is not None}):
                 owner = self._owner(org_id)
                 if owner is not None and owner != cell_id:
@@ -237,7 +236,7 @@ class MemoryTopology:
     # --- organizations -------------------------------------------------------------------------
 
     def get_organization(self, org_id: int | str) -> Organization:
-        org_int = _org_id(org_id)
+        org_int = org_id_of(org_id)
         with self._lock:
             return self._organization(org_int)
 
@@ -259,7 +258,7 @@ class MemoryTopology:
         idempotency_key: str | None = None,
     ) -> Move:
         try:
-            req = MoveBegin(org_id=_org_id(org_id), from_cell=from_cell, to_cell=to_cell,
+            req = MoveBegin(org_id=org_id_of(org_id), from_cell=from_cell, to_cell=to_cell,
                             lease_ttl_s=lease_ttl_s, idempotency_key=idempotency_key)
         except ValidationError as exc:
             raise _bad_request(exc) from None
@@ -385,7 +384,7 @@ class MemoryTopology:
             return self._moves[key].model_copy()
 
     def moves_for_org(self, org_id: int | str, limit: int = 100) -> list[Move]:
-        org_int = _org_id(org_id)
+        org_int = org_id_of(org_id)
         with self._lock:
             mine = [m for m in self._moves.values() if m.org_id == org_int]
         mine.sort(key=lambda m: (m.created_at, m.fencing_token), reverse=True)

@@ -1,5 +1,7 @@
 """The Topology Service's API models, shared by the server (which returns them) and the client
-(which parses them), and the wire form of a refusal (:class:`ServiceError`).
+(which parses them), the wire form of a refusal (:class:`ServiceError`), and the argument checks
+the service and the in-memory implementation share (cell names, buckets once per batch, numeric
+organization ids).
 
 Pure data and validation: no I/O, so the client, the in-memory implementation and the pure tests
 import it without the server's storage or its database driver.
@@ -7,11 +9,14 @@ import it without the server's storage or its database driver.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orgmove.errors import UnknownOrganization
 
 BucketType = Literal["organization_id", "organization_path", "route", "user_login"]
 SubjectType = Literal["organization", "group", "project", "user"]
@@ -60,6 +65,41 @@ class ServiceError(Exception):
             "retryable": self.retryable,
             "details": self.details,
         }
+
+
+# --- argument checks shared by the service (claims.py) and the in-memory implementation ------
+
+MAX_CELL_NAME = 200
+
+
+def check_cell_name(name: str) -> None:
+    if not name or len(name) > MAX_CELL_NAME:
+        raise ServiceError(400, "bad_request", f"a cell name is 1 to {MAX_CELL_NAME} characters")
+
+
+def check_unique_buckets(keys: Sequence[tuple[str, str]]) -> None:
+    """Each (bucket type, value) at most once per update."""
+    if len(set(keys)) == len(keys):
+        return
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    raise ServiceError(
+        400, "duplicate_record",
+        "a claim appears more than once in the batch: " + ", ".join(f"{t}={v}" for t, v in dupes[:10]),
+        "name each bucket at most once per update",
+    )
+
+
+def org_id_of(org_id: int | str) -> int:
+    """The numeric organization id the service keys organizations by; UnknownOrganization for
+    anything else (the client and the in-memory implementation take ``"42"`` as well as 42)."""
+    if isinstance(org_id, int):
+        return org_id
+    if org_id.strip().isdigit():
+        return int(org_id)
+    raise UnknownOrganization(
+        f"organization {org_id!r} is not a numeric id; the Topology Service keys organizations by id",
+        fix="give the organization's numeric id",
+    )
 
 
 # --- API models ------------------------------------------------------------------------------

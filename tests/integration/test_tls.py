@@ -8,6 +8,7 @@ view of the session (``pg_stat_ssl``) or the refusal the connection attempt ends
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from orgmove import db
-from orgmove.errors import AuthenticationFailed, CellUnreachable, ConfigError, OrgmoveError
+from orgmove.errors import (
+    EXIT_BAD_INPUT,
+    AuthenticationFailed,
+    CellUnreachable,
+    CertificateRejected,
+    ConfigError,
+    OrgmoveError,
+)
 from orgmove.sandbox.pgcluster import LocalCluster, find_pg_bin, free_port
+from tests.helpers import orgmove_cli
 
 PASSWORD = "pw-tls-test-only"
 SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -124,6 +133,14 @@ def data_plane_ssl(dsn: str) -> bool:
     return asyncio.run(probe())
 
 
+def assert_permanent_certificate_error(error: CertificateRejected) -> None:
+    """A refused certificate is a setting to fix (exit 2), never retried like an unreachable Cell."""
+    assert not isinstance(error, CellUnreachable)
+    assert not error.retryable and not db.is_transient(error)
+    assert error.exit_code == EXIT_BAD_INPUT
+    assert error.fix is not None and "sslrootcert" in error.fix and "server certificate" in error.fix
+
+
 PLANES = {"control plane (psycopg)": control_plane_ssl, "data plane (asyncpg)": data_plane_ssl}
 both_planes = pytest.mark.parametrize("ssl_in_use", PLANES.values(), ids=list(PLANES))
 
@@ -144,15 +161,17 @@ def test_verify_full_as_a_uri_uses_tls(tls_server: TlsServer, ssl_in_use) -> Non
 @pytest.mark.parametrize("sslmode", ["verify-full", "verify-ca", "require"])
 def test_a_server_certificate_from_another_ca_is_refused(tls_server: TlsServer, ssl_in_use, sslmode: str) -> None:
     # require with a root certificate verifies the chain, as libpq documents.
-    with pytest.raises(CellUnreachable, match="certificate verify failed"):
+    with pytest.raises(CertificateRejected, match="certificate verify failed") as caught:
         ssl_in_use(tls_server.dsn("localhost", sslmode=sslmode, sslrootcert=tls_server.wrong_ca))
+    assert_permanent_certificate_error(caught.value)
 
 
 @both_planes
 def test_verify_full_refuses_a_certificate_for_another_host(tls_server: TlsServer, ssl_in_use) -> None:
     # The certificate names localhost, not 127.0.0.1.
-    with pytest.raises(CellUnreachable):
+    with pytest.raises(CertificateRejected) as caught:
         ssl_in_use(tls_server.dsn("127.0.0.1", sslmode="verify-full", sslrootcert=tls_server.right_ca))
+    assert_permanent_certificate_error(caught.value)
 
 
 @both_planes
@@ -187,7 +206,7 @@ def test_pgsslmode_and_pgsslrootcert_apply_to_both_planes(
 ) -> None:
     monkeypatch.setenv("PGSSLMODE", "verify-full")
     monkeypatch.setenv("PGSSLROOTCERT", str(tls_server.wrong_ca))
-    with pytest.raises(CellUnreachable, match="certificate verify failed"):
+    with pytest.raises(CertificateRejected, match="certificate verify failed"):
         ssl_in_use(tls_server.dsn("localhost"))
     monkeypatch.setenv("PGSSLROOTCERT", str(tls_server.right_ca))
     assert ssl_in_use(tls_server.dsn("localhost"))
@@ -197,3 +216,20 @@ def test_verify_full_without_a_root_certificate_is_a_config_error_on_the_data_pl
     with pytest.raises(ConfigError, match="does not exist") as caught:
         data_plane_ssl(tls_server.dsn("localhost", sslmode="verify-full", sslrootcert=tls_server.missing_ca))
     assert caught.value.exit_code == 2
+
+
+def test_the_cli_reports_a_refused_certificate_as_a_setting_to_fix(tls_server: TlsServer, tmp_path: Path) -> None:
+    # The operator's path: one paragraph naming the problem and the fix, exit 2, no traceback.
+    wrong = tls_server.dsn("localhost", sslmode="verify-full", sslrootcert=tls_server.wrong_ca)
+    config = tmp_path / "orgmove.toml"
+    config.write_text(f'[cells."tls-a"]\ndsn = "{wrong}"\n\n[cells."tls-b"]\ndsn = "{wrong}"\n')
+    config.chmod(0o600)
+    proc = orgmove_cli("--config", str(config), "plan", "--org", "1", "--from", "tls-a", "--to", "tls-b",
+                       "--out", str(tmp_path / "p.json"), "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    error = json.loads(proc.stdout)["error"]
+    assert error["code"] == "tls_certificate_rejected"
+    assert "certificate verify failed" in error["message"] and "sslrootcert" in error["fix"]
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert not (tmp_path / "p.json").exists()

@@ -112,3 +112,25 @@ def test_bisects_a_large_chunk_down_to_the_row(cells) -> None:
     notes = report.tables["public.notes"]
     assert notes.mismatched_chunks == 1
     assert [(e.kind, e.key) for e in notes.examples] == [("differs", {"id": str(key)})]
+
+
+# Values that PostgreSQL's `=` calls equal but that are not the same value: verify hashes values,
+# and must still see these (the application would read back something else).
+EQUAL_NOT_IDENTICAL = {
+    "float zero sign": ("weight", "0::float8", "'-0'::float8"),
+    "interval fields": ("time_estimate", "interval '1 day'", "interval '24 hours'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EQUAL_NOT_IDENTICAL))
+def test_finds_a_value_that_is_equal_but_not_identical(cells, case: str) -> None:
+    column, on_source, on_target = EQUAL_NOT_IDENTICAL[case]
+    assert _one(cells.dsn("cell-1"), f"SELECT {on_source} = {on_target} AND {on_source}::text <> {on_target}::text")
+    plan, path, config = _copied(cells)
+    key = _one(cells.dsn("cell-2"), ORG1_ISSUE)
+    _exec(cells.dsn("cell-1"), f"UPDATE issues SET {column} = {on_source} WHERE id = {key}")
+    _exec(cells.dsn("cell-2"), f"UPDATE issues SET {column} = {on_target} WHERE id = {key}")
+    report = run_verify(plan, config, VerifyOptions(workers=2))
+    issues = report.tables["public.issues"]
+    assert not report.equal and issues.mismatched_chunks == 1
+    assert [(e.kind, e.key) for e in issues.examples] == [("differs", {"id": str(key)})]

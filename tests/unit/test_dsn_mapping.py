@@ -1,4 +1,4 @@
-"""The libpq-to-asyncpg mapping of the data plane (orgmove.db.data_plane_params): pure, no PostgreSQL."""
+"""The libpq-to-asyncpg mapping of the data plane (orgmove.conninfo.data_plane_params): pure, no PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from orgmove.db import DataPlaneParams, data_plane_params, parse_options, ssl_context
+from orgmove.conninfo import DataPlaneParams, data_plane_params, parse_options, ssl_context
 from orgmove.errors import ConfigError
 
 HOME = Path("/home/op")
