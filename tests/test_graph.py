@@ -440,3 +440,26 @@ def test_nullable_foreign_keys_in_a_cycle_still_resolve() -> None:
     assert graph.cycles == [["public.a", "public.b"]]
     plan = plan_of(cat(ORGS, a, b), "tables:\n  a: {ignore_fks: [b_id]}\n")
     assert [s.name for s in plan.steps] == ["organizations", "a", "b"]
+
+
+def test_sharding_key_to_a_partitioned_parent_with_a_composite_key() -> None:
+    """Issue 15 case 3: a sharding key pointing at a LIST-partitioned table whose primary key is
+    (id, partition_id) is followed on its id; a foreign key names the column itself."""
+    notes = T("notes", "id bigint!", "partition_id int!", "project_id bigint!",
+              pk=["id", "partition_id"], fks={"project_id": "projects"}, kind="p")
+    notes_part = T("notes_1", "id bigint!", "partition_id int!", "project_id bigint!",
+                   pk=["id", "partition_id"], partition_of="public.notes")
+    notes.partitions = ["public.notes_1"]
+    events = T("note_events", "id bigint!", "note_id bigint!", "part bigint!", "body text")
+    diffs = T("note_diffs", "id bigint!", "n_id bigint!", "n_part int!",
+              fks={"n_id,n_part": "notes(id,partition_id)"})
+    rules = BASE_RULES + (
+        "tables:\n  note_events: {sharding_key: {note_id: notes}}\n"
+        "  note_diffs: {sharding_key: {n_part: notes}}\n"
+    )
+    plan = plan_of(cat(ORGS, NAMESPACES, PROJECTS, USERS, notes, notes_part, events, diffs), rules)
+    hop = plan.step("public.note_events").filter[0].hops[0]
+    assert (hop.columns, hop.ref_table, hop.ref_columns) == (["note_id"], "public.notes", ["id"])
+    hop = plan.step("public.note_diffs").filter[0].hops[0]
+    assert (hop.columns, hop.ref_columns) == (["n_part"], ["partition_id"])
+    assert plan.step("public.notes").key == ["id", "partition_id"]
