@@ -18,6 +18,11 @@ A rules file (``plans/*.rules.yaml``, ``--rules FILE``)::
         # links without a foreign key that are not ownership: to a cluster-wide table (the
         # referenced rows must exist on the target) or to an org table (copy order only).
         references: {user_id: users}
+      merge_requests:
+        sharding_key: {target_project_id: projects}
+        # a reference that may lead to another organization's row (a fork): `fail` the
+        # pre-flight (the default) or `nullify` it on the target (nullable columns only).
+        outside_references: {source_project_id: nullify}
       some_table:
         ignore_fks: [fk_name_or_column]       # foreign keys the planner must not follow
     cluster_wide: [users, lfs_objects]         # present in every Cell; never copied
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,10 +71,21 @@ class TableRule(BaseModel):
     polymorphic: list[Polymorphic] = Field(default_factory=list)
     references: dict[str, str] = Field(default_factory=dict)
     ignore_fks: list[str] = Field(default_factory=list)
+    # What to do with a row whose reference (a foreign key name or column, or a `references`
+    # column) leads outside the organization: `fail` the pre-flight (the default) or `nullify`
+    # the column on the target (nullable columns only).
+    outside_references: dict[str, Literal["fail", "nullify"]] = Field(default_factory=dict)
     note: str = ""
 
     def is_empty(self) -> bool:
-        return not (self.sharding_key or self.polymorphic or self.references or self.ignore_fks)
+        return not (self.sharding_key or self.polymorphic or self.references or self.ignore_fks
+                    or self.outside_references)
+
+    def outside_policy(self, constraint: str, columns: list[str]) -> Literal["fail", "nullify"]:
+        for name in (constraint, ",".join(columns), *columns):
+            if name in self.outside_references:
+                return self.outside_references[name]
+        return "fail"
 
 
 class RootRule(BaseModel):

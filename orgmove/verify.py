@@ -35,7 +35,7 @@ from orgmove.chunking import (
 from orgmove.config import Config
 from orgmove.movectx import MoveContext
 from orgmove.obs import METRICS, NullProgress, ProgressSink, log
-from orgmove.plan import Plan, RootSpec, Step, table_ident
+from orgmove.plan import Plan, RootSpec, Step, column_exprs, table_ident
 
 EXAMPLE_KINDS = ("missing_on_target", "extra_on_target", "differs")
 
@@ -137,15 +137,16 @@ class VerifyReport:
 # --- SQL -----------------------------------------------------------------------------------------
 
 
-def row_hash_expr(step: Step) -> sql.Composable:
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in step.columns)
+def row_hash_expr(step: Step, root: RootSpec, org: Any) -> sql.Composable:
+    # column_exprs: nullified references read alike on both Cells (NULL outside the org).
+    cols = sql.SQL(", ").join(column_exprs(step, root, org))
     return sql.SQL("hashtextextended(ROW({})::text, 0)").format(cols)
 
 
 def chunk_hash_query(step: Step, root: RootSpec, org: Any, r: KeyRange) -> str:
     return sql.SQL(
         "SELECT count(*), COALESCE(sum({h}::numeric), 0) FROM {t} WHERE {w}"
-    ).format(h=row_hash_expr(step), t=table_ident(step.table),
+    ).format(h=row_hash_expr(step, root, org), t=table_ident(step.table),
              w=org_rows_where(step, root, org, r)).as_string(None)
 
 
@@ -157,7 +158,7 @@ def row_hashes_query(step: Step, root: RootSpec, org: Any, r: KeyRange) -> str:
         keys = sql.SQL("left(ROW({})::text, 200)").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in step.columns))
     return sql.SQL("SELECT {k}, {h} FROM {t} WHERE {w}").format(
-        k=keys, h=row_hash_expr(step), t=table_ident(step.table),
+        k=keys, h=row_hash_expr(step, root, org), t=table_ident(step.table),
         w=org_rows_where(step, root, org, r)).as_string(None)
 
 
