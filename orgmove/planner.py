@@ -20,6 +20,7 @@ from psycopg import sql
 from orgmove.catalog import INTEGER_TYPES, Catalog, Table, read_catalog, schema_fingerprint
 from orgmove.config import Config
 from orgmove.db import connect, wrap_errors
+from orgmove.drafts import draft_rules
 from orgmove.errors import (
     CellUnreachable,
     PlanError,
@@ -40,7 +41,7 @@ from orgmove.plan import (
     table_ident,
 )
 from orgmove.resolver import display
-from orgmove.rules import Rules, TableRule, dump_rules, load_rules
+from orgmove.rules import Rules, load_rules
 from orgmove.suggest import suggest
 
 APPLICATION_NAME = "orgmove/plan"
@@ -211,50 +212,9 @@ def suggest_rules_for(
     rules: Rules,
     type_values: dict[str, dict[str, list[str]]] | None = None,
 ) -> str:
-    """A rules YAML draft: ``rules`` plus a suggested rule for every unclassified table.
-
-    Suggestions are applied round after round (a table may become reachable only through
-    another suggested one). The draft loads as is; tables with no guess are named in comments.
-    """
-    merged = rules.model_copy(deep=True)
-    notes: dict[str, str] = {}
-    for _ in range(20):
-        graph = analyze(catalog, merged)
-        changed = False
-        for q in graph.unclassified:
-            s = suggest(catalog, graph, q, type_values)
-            name = display(q)
-            if s.rule is not None:
-                merged.tables[name] = _merge_rule(merged.tables.get(name), s.rule)
-                notes[q] = s.text
-                changed = True
-            elif s.list_kind == "cluster_wide" and name not in merged.cluster_wide:
-                merged.cluster_wide.append(name)
-                notes[q] = s.text
-                changed = True
-        if not changed:
-            break
-    graph = analyze(catalog, merged)
-    header = [
-        "orgmove sharding rules: draft from `orgmove plan` (review before use).",
-        f"Based on {rules.source or 'the default rules'}.",
-    ]
-    if notes:
-        header.append("Suggested (inferred from names; check each):")
-        header += [f"  {display(q)}: {text}" for q, text in sorted(notes.items())]
-    if graph.unclassified:
-        header.append("Still unclassified (no guess; add a rule by hand):")
-        header += [f"  {display(q)}: {graph.nodes[q].reason}" for q in graph.unclassified]
-    return dump_rules(merged, header="\n".join(header))
-
-
-def _merge_rule(old: TableRule | None, new: TableRule) -> TableRule:
-    if old is None:
-        return new
-    merged = old.model_copy(deep=True)
-    merged.sharding_key.update(new.sharding_key)
-    merged.polymorphic.extend(new.polymorphic)
-    return merged
+    """A complete rules YAML draft: ``rules`` plus a classification of every other table, each
+    uncertain one under a ``# review:`` comment (:mod:`orgmove.drafts`). Loads as is."""
+    return draft_rules(catalog, rules, type_values)
 
 
 # --- database part ------------------------------------------------------------------------------

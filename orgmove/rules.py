@@ -219,8 +219,9 @@ def parse_rules(text: str, *, source: str = "rules") -> Rules:
     return rules
 
 
-def dump_rules(rules: Rules, *, header: str = "") -> str:
-    """The rules as YAML that :func:`parse_rules` reads back unchanged."""
+def dump_rules(rules: Rules, *, header: str = "", comments: dict[str, str] | None = None) -> str:
+    """The rules as YAML that :func:`parse_rules` reads back unchanged. ``comments``: table name
+    -> a comment written on the line above its entry (under ``tables`` or in a list)."""
     doc: dict[str, Any] = {"root": rules.root.model_dump()}
     tables: dict[str, Any] = {}
     for name in sorted(rules.tables):
@@ -233,9 +234,37 @@ def dump_rules(rules: Rules, *, header: str = "") -> str:
         if values:
             doc[key] = list(dict.fromkeys(values))
     text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    if comments:
+        text = _with_comments(text, comments)
     if header:
         text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
     return text
+
+
+_ENTRY = re.compile(r"^(?P<indent>  |- |  - )(?P<name>[^\s:#][^:#]*?)(?::\s*(?:\{\})?)?$")
+
+
+def _with_comments(text: str, comments: dict[str, str]) -> str:
+    """``# comment`` lines above the entries of ``tables`` (``  name:``) and of the lists
+    (``- name``) that ``comments`` names. Top-level keys and nested fields are left alone."""
+    out: list[str] = []
+    section = ""
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "-")):
+            section = line.split(":", 1)[0]
+        m = _ENTRY.match(line)
+        if m and section != "root":
+            is_table = section == "tables" and m.group("indent") == "  "
+            is_item = section != "tables" and m.group("indent") in ("- ", "  - ")
+            raw = m.group("name").strip()
+            loaded = yaml.safe_load(raw) if raw else raw
+            name = loaded if isinstance(loaded, str) else raw
+            if (is_table or is_item) and name in comments:
+                pad = "  " if is_table else ""
+                for part in comments[name].splitlines() or [""]:
+                    out.append(f"{pad}# {part}")
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 # --- GitLab's table dictionary (db/docs/*.yml) -------------------------------------------------

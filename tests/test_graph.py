@@ -376,11 +376,11 @@ def test_unclassified_tables_listed_with_suggestions_and_draft_loads() -> None:
     assert rules.tables["ci_pipelines"].sharding_key == {"project_id": "projects"}
     assert rules.tables["ci_stages"].sharding_key == {"pipeline_id": "ci_pipelines"}
     assert set(rules.cluster_wide) == {"users", "lfs_objects"}
-    assert "mystery" in draft  # named in the comments, left for a human
+    # No guess for mystery: cell_local, under a review comment saying why.
+    assert rules.cell_local == ["mystery"]
+    assert "# review: cell_local: no foreign key, sharding rule or column name" in draft
     graph = analyze(c, rules)
-    assert graph.unclassified == ["public.mystery"]
-    # With the draft plus a decision on the last table, the plan is complete.
-    rules.ignored.append("mystery")
+    assert graph.unclassified == []
     plan = plan_of(c, rules)
     assert "public.ci_stages" in position(plan)
 
@@ -463,3 +463,42 @@ def test_sharding_key_to_a_partitioned_parent_with_a_composite_key() -> None:
     hop = plan.step("public.note_diffs").filter[0].hops[0]
     assert (hop.columns, hop.ref_columns) == (["n_part"], ["partition_id"])
     assert plan.step("public.notes").key == ["id", "partition_id"]
+
+
+def test_complete_draft_classifies_every_table_with_review_comments() -> None:
+    """Issue 15 item 4: bookkeeping tables cell_local (decided), a reverse-owned table through the
+    one FK that points at it, a polymorphic pair without mappable types named, empty tables
+    flagged, a suggestion toward a composite-key parent, and the summary N decided / M review."""
+    notes = T("notes", "id bigint!", "partition_id int!", "project_id bigint!",
+              pk=["id", "partition_id"], fks={"project_id": "projects"})
+    events = T("note_events", "id bigint!", "note_id bigint!")  # by name -> notes(id)
+    avatars = T("avatars", "id bigint!", "data text", rows=0)
+    avatars.est_bytes = 0
+    projects = T("projects", "id bigint!", "namespace_id bigint!", "avatar_id bigint",
+                 fks={"namespace_id": "namespaces", "avatar_id": "avatars"})
+    migrations = T("schema_migrations", "version text!", pk=["version"])
+    meta = T("ar_internal_metadata", "key text!", "value text", pk=["key"])
+    tags = T("taggings", "id bigint!", "taggable_type text", "taggable_id bigint")
+    c = cat(ORGS, NAMESPACES, projects, USERS, notes, events, avatars, migrations, meta, tags)
+    draft = suggest_rules_for(c, parse_rules(BASE_RULES, source="base"))
+    rules = parse_rules(draft)
+    assert {"schema_migrations", "ar_internal_metadata"} <= set(rules.cell_local)
+    assert rules.tables["note_events"].sharding_key == {"note_id": "notes"}
+    assert rules.tables["avatars"].sharding_key == {"id": "projects(avatar_id)"}
+    assert rules.tables["projects"].ignore_fks == ["fk_projects_avatar_id"]
+    assert "taggings" in rules.cell_local
+    lines = draft.splitlines()
+    for name in ("note_events", "avatars", "taggings"):
+        entry = next(i for i, line in enumerate(lines) if line.strip() in (f"{name}:", f"- {name}"))
+        assert lines[entry - 1].lstrip().startswith("# review:"), name
+    assert "taggable_type/taggable_id" in draft
+    assert "schema_migrations" not in [line.strip("#- ") for line in lines if "review" in line]
+    # 10 base tables; note_events, avatars and taggings to review.
+    assert "# 7 tables decided, 3 to review" in draft
+    assert "Empty tables (classified from the schema alone; check them): avatars" in draft
+    graph = analyze(c, rules)
+    assert graph.unclassified == [] and graph.cycles == []
+    plan = plan_of(c, rules)
+    hop = plan.step("public.avatars").filter[0].hops[0]
+    assert (hop.columns, hop.ref_table, hop.ref_columns) == (["id"], "public.projects", ["avatar_id"])
+    assert position(plan)["public.projects"] < position(plan)["public.avatars"]
