@@ -93,8 +93,16 @@ def build_draft(catalog: Catalog, rules: Rules, type_values: TypeValues | None =
                 or _apply_reverse_owned(catalog, graph, draft)):
             break
     graph = analyze(catalog, merged)
-    for q in graph.unclassified:
-        _place_leftover(catalog, graph, draft, q)
+    left = list(graph.unclassified)
+    while left:
+        # Referenced tables first, then tables whose links lead into what is cluster-wide by
+        # now (users, then user_links -> users), then the rest.
+        placed = [q for q in left if _place_leftover(catalog, graph, draft, q, final=False)]
+        if not placed:
+            for q in left:
+                _place_leftover(catalog, graph, draft, q, final=True)
+            break
+        left = [q for q in left if q not in placed]
     graph = analyze(catalog, merged)
     for cycle, links in zip(graph.cycles, graph.cycle_links, strict=True):
         for q in cycle:
@@ -184,12 +192,14 @@ def _optional_or_unique(catalog: Catalog, table: str, column: str) -> bool:
     return unique or not col.not_null
 
 
-def _place_leftover(catalog: Catalog, graph: Graph, draft: Draft, q: str) -> None:
+def _place_leftover(catalog: Catalog, graph: Graph, draft: Draft, q: str, *, final: bool) -> bool:
+    """Place an unclassified table; with ``final=False`` only when it is clearly cluster-wide."""
     t = catalog.tables[q]
     name = display(q)
     merged = draft.rules
     org = {p for p, n in graph.nodes.items() if n.classification in ("org", "root")}
     cluster = {p for p, n in graph.nodes.items() if n.classification == "cluster_wide"}
+    cluster |= {r for c in merged.cluster_wide if (r := catalog.resolve(c)) is not None}
     targets = {catalog.top_parent(fk.ref_table) for fk in t.foreign_keys} - {q}
     referrers = sorted({
         display(p) for p in org for fk in catalog.tables[p].foreign_keys
@@ -208,7 +218,7 @@ def _place_leftover(catalog: Catalog, graph: Graph, draft: Draft, q: str) -> Non
     if rule is not None and (rule.sharding_key or rule.polymorphic):
         # The rules' own sharding rule does not reach the root: the reviewer must correct it.
         draft.review[name] = f"its rule does not reach the root: {graph.nodes[q].reason}{earlier}"
-        return
+        return True
     if referrers:
         merged.cluster_wide.append(name)
         why = (f"cluster_wide: organization tables reference it ({', '.join(referrers)}) and "
@@ -217,12 +227,15 @@ def _place_leftover(catalog: Catalog, graph: Graph, draft: Draft, q: str) -> Non
         merged.cluster_wide.append(name)
         why = ("cluster_wide: its foreign keys lead only to cluster-wide tables ("
                + ", ".join(sorted(display(p) for p in targets)) + ")")
-    else:
+    elif final:
         merged.cell_local.append(name)
-        why = ("cell_local: no foreign key, sharding rule or column name links it to an "
+        why = ("cell_local: no foreign key, sharding rule or column name leads from it to an "
                "organization; per-Cell data unless every Cell must hold the same rows "
                "(cluster_wide) or it belongs to an organization (add a sharding_key)")
+    else:
+        return False
     draft.review[name] = why + poly + earlier
+    return True
 
 
 def _merge_rule(old: TableRule | None, new: TableRule) -> TableRule:

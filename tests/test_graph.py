@@ -378,7 +378,7 @@ def test_unclassified_tables_listed_with_suggestions_and_draft_loads() -> None:
     assert set(rules.cluster_wide) == {"users", "lfs_objects"}
     # No guess for mystery: cell_local, under a review comment saying why.
     assert rules.cell_local == ["mystery"]
-    assert "# review: cell_local: no foreign key, sharding rule or column name" in draft
+    assert "# review: cell_local: no foreign key, sharding rule or column name leads" in draft
     graph = analyze(c, rules)
     assert graph.unclassified == []
     plan = plan_of(c, rules)
