@@ -502,3 +502,33 @@ def test_complete_draft_classifies_every_table_with_review_comments() -> None:
     hop = plan.step("public.avatars").filter[0].hops[0]
     assert (hop.columns, hop.ref_table, hop.ref_columns) == (["id"], "public.projects", ["avatar_id"])
     assert position(plan)["public.projects"] < position(plan)["public.avatars"]
+
+
+def test_outside_references_policy_in_the_plan() -> None:
+    """Org-to-org links that are not a row's ownership are checked by the pre-flight with their
+    policy; nullify is refused for a NOT NULL column and becomes a step's NullifiedReference."""
+    mrs = T("merge_requests", "id bigint!", "target_project_id bigint!", "source_project_id bigint",
+            "milestone_project_id bigint!",
+            fks={"target_project_id": "projects", "source_project_id": "projects",
+                 "milestone_project_id": "projects"})
+    c = cat(ORGS, NAMESPACES, PROJECTS, USERS, mrs)
+    base = BASE_RULES + "tables:\n  merge_requests:\n    sharding_key: {target_project_id: projects}\n"
+    plan = plan_of(c, base)
+    refs = {(r.table, tuple(r.columns)): r for r in plan.org_references}
+    assert ("public.merge_requests", ("target_project_id",)) not in refs  # the ownership link
+    assert refs[("public.merge_requests", ("source_project_id",))].policy == "fail"
+    assert ("public.namespaces", ("parent_id",)) in refs  # a parent group in another org
+    nullify = base + "    outside_references: {source_project_id: nullify}\n"
+    step = plan_of(c, nullify).step("public.merge_requests")
+    (n,) = step.nullify
+    assert n.columns == ["source_project_id"] and n.ref_table == "public.projects"
+    sql_text = filter_condition(step, plan.root, 1).as_string(None)
+    assert "source_project_id" not in sql_text
+    from orgmove.plan import column_exprs
+
+    exprs = [e.as_string(None) for e in column_exprs(step, plan.root, 1)]
+    assert exprs[step.columns.index("source_project_id")].startswith("CASE WHEN EXISTS")
+    assert exprs[step.columns.index("id")] == '"id"'
+    with pytest.raises(RulesError) as exc:
+        plan_of(c, base + "    outside_references: {milestone_project_id: nullify}\n")
+    assert "NOT NULL" in str(exc.value) and exc.value.exit_code == EXIT_BAD_INPUT
