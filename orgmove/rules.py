@@ -33,6 +33,8 @@ Table names are ``name`` (schema ``public``, or the only table of that name) or 
 A table with a declared sharding key is owned through it; its foreign keys to other org tables
 then only order the copy.
 
+Every option and a walkthrough from an unknown schema to a reviewed plan: docs/rules.md.
+
 ``--rules DIR`` reads a directory of GitLab table-dictionary files (``db/docs/*.yml``) instead,
 see :func:`load_dictionary`.
 """
