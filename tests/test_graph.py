@@ -532,3 +532,20 @@ def test_outside_references_policy_in_the_plan() -> None:
     with pytest.raises(RulesError) as exc:
         plan_of(c, base + "    outside_references: {milestone_project_id: nullify}\n")
     assert "NOT NULL" in str(exc.value) and exc.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_no_name_guess_for_a_column_whose_foreign_key_points_elsewhere() -> None:
+    """coder's inbox_notifications.template_id references notification_templates: it is not a
+    sharding key to templates, whatever its name says."""
+    templates = T("templates", "id bigint!", "organization_id bigint!",
+                  fks={"organization_id": "organizations"})
+    notification_templates = T("notification_templates", "id bigint!", "name text!")
+    inbox = T("inbox_notifications", "id bigint!", "template_id bigint!", "user_id bigint!",
+              fks={"template_id": "notification_templates", "user_id": "users"})
+    c = cat(ORGS, USERS, templates, notification_templates, inbox)
+    draft = suggest_rules_for(c, parse_rules(BASE_RULES))
+    rules = parse_rules(draft)
+    assert "inbox_notifications" not in rules.tables
+    # No link to an organization: left per Cell, for the reviewer to confirm.
+    assert {"inbox_notifications", "notification_templates"} <= set(rules.cell_local)
+    assert "# 3 tables decided, 2 to review" in draft
