@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from orgmove.plan import read_plan
 from tests.helpers import RULES, cli_ok, other_rows_checksums, table_counts
@@ -109,3 +110,40 @@ def test_outside_reference_fails_the_preflight_then_nullify_moves(world: World) 
     assert still == (3,)  # the source is not changed by the move
     assert other_rows_checksums(dst, plan) == dst_others
     assert other_rows_checksums(src, plan) == src_others
+
+
+def test_seed_with_cross_org_forks_is_refused_for_org_1_and_moves_org_3(pg_servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The seed's cross_org_forks: organization 3's forks send merge requests to organization 1's
+    project. Org 1's plan is refused naming every such merge request; org 3's plan is clean (its
+    fork projects move with it, nothing of it points outside)."""
+    from orgmove.config import load_config
+    from orgmove.errors import OutsideReferences
+    from orgmove.planner import make_plan
+    from orgmove.sandbox.seed import seed
+    from tests.pgfixtures import CELL_NAMES
+
+    dbs = {name: pg_servers.create_db(name, prefix="forks") for name in CELL_NAMES}
+    try:
+        dsns = {name: pg_servers.admin_dsn(name, db) for name, db in dbs.items()}
+        seed(dsns, orgs=3, scale="tiny", cross_org_forks=True)
+        config = tmp_path / "orgmove.toml"
+        config.write_text("".join(f'[cells."{n}"]\ndsn = "{d}"\n\n' for n, d in dsns.items()))
+        config.chmod(0o600)
+        with psycopg.connect(dsns["cell-1"]) as conn:
+            forked = [r[0] for r in conn.execute(
+                "SELECT mr.id FROM merge_requests mr JOIN projects t ON t.id = mr.target_project_id "
+                "JOIN namespaces tn ON tn.id = t.namespace_id JOIN projects s ON s.id = mr.source_project_id "
+                "JOIN namespaces sn ON sn.id = s.namespace_id "
+                "WHERE tn.organization_id = 1 AND sn.organization_id <> 1 ORDER BY mr.id").fetchall()]
+        assert len(forked) >= 3
+        with pytest.raises(OutsideReferences) as exc:
+            make_plan(load_config(config), "1", "cell-1", "cell-2", RULES)
+        assert exc.value.exit_code == 2
+        (found,) = exc.value.details["outside_references"]
+        assert found["outside_rows"] == len(forked)
+        assert [k.split(" ")[0] for k in found["keys"]] == [f"id={i}" for i in forked][:10]
+        plan = make_plan(load_config(config), "3", "cell-1", "cell-2", RULES)
+        assert all(r.outside_rows == 0 for r in plan.org_references)
+    finally:
+        for name, db in dbs.items():
+            pg_servers.drop_db(name, db)
