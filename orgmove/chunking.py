@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
-from orgmove.plan import RootSpec, Step, cast_type, filter_condition, table_ident
+from orgmove.plan import RootSpec, Step, cast_type, column_exprs, filter_condition, table_ident
 
 TEXT_TYPES = ("text", "character varying", "varchar", "character", "char", "citext", "name")
 
@@ -98,7 +98,8 @@ def columns_list(columns: Sequence[str]) -> sql.Composable:
 def select_chunk(step: Step, root: RootSpec, org: Any, r: KeyRange) -> sql.Composable:
     """The chunk's rows, in the step's explicit column order."""
     return sql.SQL("SELECT {} FROM {} WHERE {}").format(
-        columns_list(step.columns), table_ident(step.table), org_rows_where(step, root, org, r)
+        sql.SQL(", ").join(column_exprs(step, root, org)), table_ident(step.table),
+        org_rows_where(step, root, org, r),
     )
 
 

@@ -89,6 +89,8 @@ class CopyReport:
     snapshot_consistent: bool = True
     retries: int = 0
     tables: dict[str, TableCopy] = field(default_factory=dict)
+    # References that left the organization, written as NULL (rules: outside_references nullify)
+    nullified: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def rows_per_s(self) -> float:
@@ -113,6 +115,7 @@ class CopyReport:
             "snapshots": self.snapshots,
             "snapshot_consistent": self.snapshot_consistent,
             "retries": self.retries,
+            "nullified": self.nullified,
             "tables": [
                 {
                     "table": t.table,
@@ -529,6 +532,10 @@ def run_copy(
     progress = progress or NullProgress()
     ctx = MoveContext.create(plan, config)
     report = CopyReport(plan.move_key, str(plan.org), plan.from_cell, plan.to_cell, dry_run=options.dry_run)
+    report.nullified = [
+        {"table": r.table, "constraint": r.constraint, "columns": r.columns, "keys": r.nullified_keys}
+        for r in plan.org_references if r.policy == "nullify" and r.nullified_keys
+    ]
     started = time.monotonic()
     with ctx.control() as (src, dst):
         ctx.check_fingerprints(src, dst)

@@ -119,6 +119,13 @@ class TargetConflict(PreflightFailed):
     code = "target_conflict"
 
 
+class OutsideReferences(PreflightFailed):
+    """Rows of the organization reference rows that the move would leave behind (another
+    organization's), with the policy ``fail``."""
+
+    code = "outside_references"
+
+
 class OwnershipError(PreflightFailed):
     code = "ownership"
 

@@ -32,7 +32,7 @@ from typing import Literal
 from orgmove.catalog import Catalog, Table
 from orgmove.errors import PlanError, RulesError
 from orgmove.ordering import sccs, toposort
-from orgmove.plan import ClusterWideRef, FilterPath, Hop
+from orgmove.plan import ClusterWideRef, FilterPath, Hop, OrgReference
 from orgmove.resolver import Resolver, display
 from orgmove.rules import Polymorphic, Rules, TableRule
 
@@ -98,6 +98,7 @@ class Graph:
     nodes: dict[str, Node]
     order: list[str]  # root and org tables, parents first
     cluster_refs: list[ClusterWideRef]
+    org_refs: list[OrgReference]  # links between org tables that may leave the organization
     unclassified: list[str]
     cycles: list[list[str]]
     cycle_links: list[list[str]]
@@ -220,12 +221,14 @@ def analyze(catalog: Catalog, rules: Rules) -> Graph:
     unresolved_cycles = _unresolved_cycles(options, unclassified)
     cycles.extend(unresolved_cycles)
     refs = _cluster_refs(catalog, nodes, org, declared, table_rules, res)
+    org_refs = _org_refs(catalog, nodes, org, org_set, table_rules, res)
     return Graph(
         root=root,
         root_key=rules.root.key,
         nodes=nodes,
         order=order,
         cluster_refs=refs,
+        org_refs=org_refs,
         unclassified=unclassified,
         cycles=cycles,
         cycle_links=cycle_links + [[] for _ in unresolved_cycles],
@@ -505,6 +508,57 @@ def _cluster_refs(
                     ))
     refs.sort(key=lambda r: (r.table, r.columns, r.ref_table))
     return refs
+
+
+def _org_refs(
+    catalog: Catalog,
+    nodes: dict[str, Node],
+    org: list[str],
+    org_set: set[str],
+    table_rules: dict[str, TableRule],
+    res: Resolver,
+) -> list[OrgReference]:
+    """Links from an org table to an org table through which a row may reach ANOTHER
+    organization's row: every foreign key and ``references`` link, except the one ownership link
+    that selects the table's rows (a row found through it references the org's row by definition).
+    Ownership alternatives (nullable ``labels.project_id`` or ``group_id``) are included."""
+    out: list[OrgReference] = []
+    for q in org:
+        node = nodes[q]
+        if node.classification == "root":
+            continue
+        rule = table_rules.get(q)
+        sole = node.ownership[0] if len(node.ownership) == 1 else None
+        links: list[tuple[list[str], str, list[str], str]] = []
+        seen: set[tuple[str, ...]] = set()
+        for fk in catalog.tables[q].foreign_keys:
+            if not _ignored_fk(rule, fk.name, fk.columns):
+                seen.add(tuple(fk.columns))
+                links.append((list(fk.columns), catalog.top_parent(fk.ref_table),
+                              list(fk.ref_columns), fk.name))
+        if rule is not None:
+            for column, ref_text in sorted(rule.references.items()):
+                ref, ref_cols = res.ref(q, column, ref_text, "reference")
+                if (column,) not in seen:
+                    links.append(([column], ref, list(ref_cols), f"references {column}"))
+            for e in node.ownership if sole is None else []:
+                if e.type_value is None and e.columns not in seen and e.source != "fk":
+                    links.append((list(e.columns), e.ref_table, list(e.ref_columns), e.name))
+        for columns, ref, ref_columns, constraint in links:
+            if ref not in org_set or _is_sole_ownership(sole, columns, ref, ref_columns):
+                continue
+            policy = rule.outside_policy(constraint, columns) if rule is not None else "fail"
+            out.append(OrgReference(table=q, columns=columns, ref_table=ref,
+                                    ref_columns=ref_columns, constraint=constraint, policy=policy))
+    out.sort(key=lambda r: (r.table, r.columns, r.ref_table))
+    return out
+
+
+def _is_sole_ownership(
+    sole: Edge | None, columns: list[str], ref: str, ref_columns: list[str]
+) -> bool:
+    return (sole is not None and sole.type_value is None and list(sole.columns) == columns
+            and sole.ref_table == ref and list(sole.ref_columns) == ref_columns)
 
 
 # --- errors -------------------------------------------------------------------------------------

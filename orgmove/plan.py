@@ -69,6 +69,36 @@ class Trigger(BaseModel):
     allowed: bool = False  # named in --allow-triggers
 
 
+class NullifiedReference(BaseModel):
+    """Columns of a step that the copy writes as NULL where they reference a row outside the
+    organization: the value is kept only when ``ref_table`` has a row of the organization
+    (``ref_filter``) with that key. The same expression runs on both Cells in verify."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    columns: list[str]
+    ref_table: str
+    ref_columns: list[str]
+    ref_filter: list[FilterPath]
+    constraint: str = ""
+
+
+class OrgReference(BaseModel):
+    """A link between two organization tables that is not the row's ownership, so it may lead to
+    another organization's row (a merge request from a fork). Checked by the pre-flight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str
+    columns: list[str]
+    ref_table: str
+    ref_columns: list[str]
+    constraint: str  # the foreign key's name, or "references <column>" for a rules link
+    policy: Literal["fail", "nullify"] = "fail"
+    outside_rows: int = 0  # rows of the organization that reference outside it (pre-flight)
+    nullified_keys: list[str] = Field(default_factory=list)  # every such row's key (nullify)
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +119,7 @@ class Step(BaseModel):
     self_referencing: bool = False  # an FK from this table to itself (copied in one chunk)
     reason: str = ""
     triggers: list[Trigger] = Field(default_factory=list)  # the target's user triggers
+    nullify: list[NullifiedReference] = Field(default_factory=list)  # outside_references: nullify
 
 
 class ClusterWideRef(BaseModel):
@@ -131,6 +162,7 @@ class Plan(BaseModel):
     source_fingerprint: str = ""
     target_fingerprint: str = ""
     cluster_wide_refs: list[ClusterWideRef] = Field(default_factory=list)
+    org_references: list[OrgReference] = Field(default_factory=list)
     skipped: list[SkippedTable] = Field(default_factory=list)
     rules: str | None = None
     warnings: list[str] = Field(default_factory=list)  # things the reviewer must look at
@@ -285,6 +317,28 @@ def filter_condition(step: Step, root: RootSpec, org: OrgKey | sql.Composable) -
     if len(paths) == 1:
         return paths[0]
     return sql.SQL("({})").format(sql.SQL(" OR ").join(paths))
+
+
+def column_exprs(step: Step, root: RootSpec, org: OrgKey | sql.Composable) -> list[sql.Composable]:
+    """The step's copy columns as read from a Cell: plain columns, except those of a
+    :class:`NullifiedReference`, which read NULL unless the referenced row is the organization's.
+    Used by the copy, the verify checksums and the sync, so both Cells compare alike."""
+    exprs: list[sql.Composable] = [sql.Identifier(c) for c in step.columns]
+    for ref in step.nullify:
+        alias = sql.Identifier("orgmove_n")
+        match = sql.SQL(" AND ").join(
+            sql.SQL("{}.{} = {}.{}").format(
+                alias, sql.Identifier(rc), table_ident(step.table), sql.Identifier(c))
+            for c, rc in zip(ref.columns, ref.ref_columns, strict=True))
+        ref_step = Step(table=ref.ref_table, schema_name="", name="", columns=[], column_types=[],
+                        filter=ref.ref_filter)
+        # The filter's columns are unqualified: they resolve to the innermost table (orgmove_n).
+        kept = sql.SQL("EXISTS (SELECT 1 FROM {} AS {} WHERE {} AND {})").format(
+            table_ident(ref.ref_table), alias, match, filter_condition(ref_step, root, org))
+        for c in ref.columns:
+            i = step.columns.index(c)
+            exprs[i] = sql.SQL("CASE WHEN {} THEN {} END").format(kept, sql.Identifier(c))
+    return exprs
 
 
 _TYPE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_ ()[],\"")

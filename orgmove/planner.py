@@ -20,9 +20,17 @@ from psycopg import sql
 from orgmove.catalog import INTEGER_TYPES, Catalog, Table, read_catalog, schema_fingerprint
 from orgmove.config import Config
 from orgmove.db import connect, wrap_errors
-from orgmove.errors import CellUnreachable, PlanError, TransientError, UnclassifiedTables
+from orgmove.drafts import draft_rules
+from orgmove.errors import (
+    CellUnreachable,
+    PlanError,
+    RulesError,
+    TransientError,
+    UnclassifiedTables,
+)
 from orgmove.graph import Graph, analyze, check_cycles
 from orgmove.plan import (
+    NullifiedReference,
     OrgKey,
     Plan,
     RootSpec,
@@ -33,7 +41,7 @@ from orgmove.plan import (
     table_ident,
 )
 from orgmove.resolver import display
-from orgmove.rules import Rules, TableRule, dump_rules, load_rules
+from orgmove.rules import Rules, load_rules
 from orgmove.suggest import suggest
 
 APPLICATION_NAME = "orgmove/plan"
@@ -131,6 +139,7 @@ def build_plan(
     root = RootSpec(table=graph.root, key=graph.root_key, key_type=key_col.type)
     org_key = parse_org_key(org, key_col.type, root=graph.root)
     steps = [_step(catalog.tables[q], graph, root) for q in graph.order]
+    _nullify_steps(catalog, graph, steps, rules)
     skipped = []
     for q, node in sorted(graph.nodes.items()):
         if node.classification in ("cluster_wide", "ignored", "cell_local", "partition"):
@@ -144,9 +153,32 @@ def build_plan(
         steps=steps,
         root=root,
         cluster_wide_refs=graph.cluster_refs,
+        org_references=[r.model_copy() for r in graph.org_refs],
         skipped=skipped,
         rules=rules_label,
     )
+
+
+def _nullify_steps(catalog: Catalog, graph: Graph, steps: list[Step], rules: Rules) -> None:
+    """Each ``outside_references: {x: nullify}`` link becomes a :class:`NullifiedReference` of its
+    step; only nullable columns can take NULL on the target."""
+    by_table = {s.table: s for s in steps}
+    for ref in graph.org_refs:
+        if ref.policy != "nullify":
+            continue
+        t = catalog.tables[ref.table]
+        required = [c for c in ref.columns if (col := t.column(c)) is not None and col.not_null]
+        if required:
+            raise RulesError(
+                f"{rules.source or 'rules'}: outside_references of {display(ref.table)} asks to "
+                f"nullify {', '.join(required)}, which is NOT NULL",
+                fix=f"use `fail` for {display(ref.table)}.{', '.join(required)} (the pre-flight "
+                "then names the rows to fix on the source), or make the column nullable",
+            )
+        by_table[ref.table].nullify.append(NullifiedReference(
+            columns=ref.columns, ref_table=ref.ref_table, ref_columns=ref.ref_columns,
+            ref_filter=graph.nodes[ref.ref_table].paths, constraint=ref.constraint,
+        ))
 
 
 def _step(t: Table, graph: Graph, root: RootSpec) -> Step:
@@ -180,50 +212,9 @@ def suggest_rules_for(
     rules: Rules,
     type_values: dict[str, dict[str, list[str]]] | None = None,
 ) -> str:
-    """A rules YAML draft: ``rules`` plus a suggested rule for every unclassified table.
-
-    Suggestions are applied round after round (a table may become reachable only through
-    another suggested one). The draft loads as is; tables with no guess are named in comments.
-    """
-    merged = rules.model_copy(deep=True)
-    notes: dict[str, str] = {}
-    for _ in range(20):
-        graph = analyze(catalog, merged)
-        changed = False
-        for q in graph.unclassified:
-            s = suggest(catalog, graph, q, type_values)
-            name = display(q)
-            if s.rule is not None:
-                merged.tables[name] = _merge_rule(merged.tables.get(name), s.rule)
-                notes[q] = s.text
-                changed = True
-            elif s.list_kind == "cluster_wide" and name not in merged.cluster_wide:
-                merged.cluster_wide.append(name)
-                notes[q] = s.text
-                changed = True
-        if not changed:
-            break
-    graph = analyze(catalog, merged)
-    header = [
-        "orgmove sharding rules: draft from `orgmove plan` (review before use).",
-        f"Based on {rules.source or 'the default rules'}.",
-    ]
-    if notes:
-        header.append("Suggested (inferred from names; check each):")
-        header += [f"  {display(q)}: {text}" for q, text in sorted(notes.items())]
-    if graph.unclassified:
-        header.append("Still unclassified (no guess; add a rule by hand):")
-        header += [f"  {display(q)}: {graph.nodes[q].reason}" for q in graph.unclassified]
-    return dump_rules(merged, header="\n".join(header))
-
-
-def _merge_rule(old: TableRule | None, new: TableRule) -> TableRule:
-    if old is None:
-        return new
-    merged = old.model_copy(deep=True)
-    merged.sharding_key.update(new.sharding_key)
-    merged.polymorphic.extend(new.polymorphic)
-    return merged
+    """A complete rules YAML draft: ``rules`` plus a classification of every other table, each
+    uncertain one under a ``# review:`` comment (:mod:`orgmove.drafts`). Loads as is."""
+    return draft_rules(catalog, rules, type_values)
 
 
 # --- database part ------------------------------------------------------------------------------
@@ -323,7 +314,7 @@ def make_plan(
     """Plan the move of ``org`` from ``from_cell`` to ``to_cell``; every pre-flight check passes
     or the right :class:`~orgmove.errors.OrgmoveError` (exit code 2) is raised. Writes nothing.
     ``replica_role``/``allowed_triggers``: the trigger policy of :mod:`orgmove.triggers`."""
-    from orgmove import preflight, triggers
+    from orgmove import outside, preflight, triggers
 
     preflight.check_cells(config, from_cell, to_cell)
     rules_path = rules_path or config.defaults.rules
@@ -350,6 +341,7 @@ def make_plan(
         preflight.check_target_conflicts(src, dst, plan, target_catalog, skip=no_rows)
         plan.warnings = preflight.unmapped_type_values(src, plan)
         preflight.check_cluster_wide_refs(src, dst, plan, target_catalog, skip=no_rows)
+        outside.check_outside_references(src, plan, skip=no_rows)  # may add warnings
         plan.replica_role = replica_role
         plan.allowed_triggers = sorted(set(allowed_triggers or []))
         with wrap_errors(to_cell, "reading the target's triggers"):

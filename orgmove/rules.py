@@ -18,6 +18,11 @@ A rules file (``plans/*.rules.yaml``, ``--rules FILE``)::
         # links without a foreign key that are not ownership: to a cluster-wide table (the
         # referenced rows must exist on the target) or to an org table (copy order only).
         references: {user_id: users}
+      merge_requests:
+        sharding_key: {target_project_id: projects}
+        # a reference that may lead to another organization's row (a fork): `fail` the
+        # pre-flight (the default) or `nullify` it on the target (nullable columns only).
+        outside_references: {source_project_id: nullify}
       some_table:
         ignore_fks: [fk_name_or_column]       # foreign keys the planner must not follow
     cluster_wide: [users, lfs_objects]         # present in every Cell; never copied
@@ -28,6 +33,8 @@ Table names are ``name`` (schema ``public``, or the only table of that name) or 
 A table with a declared sharding key is owned through it; its foreign keys to other org tables
 then only order the copy.
 
+Every option and a walkthrough from an unknown schema to a reviewed plan: docs/rules.md.
+
 ``--rules DIR`` reads a directory of GitLab table-dictionary files (``db/docs/*.yml``) instead,
 see :func:`load_dictionary`.
 """
@@ -36,7 +43,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,10 +73,21 @@ class TableRule(BaseModel):
     polymorphic: list[Polymorphic] = Field(default_factory=list)
     references: dict[str, str] = Field(default_factory=dict)
     ignore_fks: list[str] = Field(default_factory=list)
+    # What to do with a row whose reference (a foreign key name or column, or a `references`
+    # column) leads outside the organization: `fail` the pre-flight (the default) or `nullify`
+    # the column on the target (nullable columns only).
+    outside_references: dict[str, Literal["fail", "nullify"]] = Field(default_factory=dict)
     note: str = ""
 
     def is_empty(self) -> bool:
-        return not (self.sharding_key or self.polymorphic or self.references or self.ignore_fks)
+        return not (self.sharding_key or self.polymorphic or self.references or self.ignore_fks
+                    or self.outside_references)
+
+    def outside_policy(self, constraint: str, columns: list[str]) -> Literal["fail", "nullify"]:
+        for name in (constraint, ",".join(columns), *columns):
+            if name in self.outside_references:
+                return self.outside_references[name]
+        return "fail"
 
 
 class RootRule(BaseModel):
@@ -203,8 +221,9 @@ def parse_rules(text: str, *, source: str = "rules") -> Rules:
     return rules
 
 
-def dump_rules(rules: Rules, *, header: str = "") -> str:
-    """The rules as YAML that :func:`parse_rules` reads back unchanged."""
+def dump_rules(rules: Rules, *, header: str = "", comments: dict[str, str] | None = None) -> str:
+    """The rules as YAML that :func:`parse_rules` reads back unchanged. ``comments``: table name
+    -> a comment written on the line above its entry (under ``tables`` or in a list)."""
     doc: dict[str, Any] = {"root": rules.root.model_dump()}
     tables: dict[str, Any] = {}
     for name in sorted(rules.tables):
@@ -217,9 +236,37 @@ def dump_rules(rules: Rules, *, header: str = "") -> str:
         if values:
             doc[key] = list(dict.fromkeys(values))
     text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    if comments:
+        text = _with_comments(text, comments)
     if header:
         text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
     return text
+
+
+_ENTRY = re.compile(r"^(?P<indent>  |- |  - )(?P<name>[^\s:#][^:#]*?)(?::\s*(?:\{\})?)?$")
+
+
+def _with_comments(text: str, comments: dict[str, str]) -> str:
+    """``# comment`` lines above the entries of ``tables`` (``  name:``) and of the lists
+    (``- name``) that ``comments`` names. Top-level keys and nested fields are left alone."""
+    out: list[str] = []
+    section = ""
+    for line in text.splitlines():
+        if line and not line.startswith((" ", "-")):
+            section = line.split(":", 1)[0]
+        m = _ENTRY.match(line)
+        if m and section != "root":
+            is_table = section == "tables" and m.group("indent") == "  "
+            is_item = section != "tables" and m.group("indent") in ("- ", "  - ")
+            raw = m.group("name").strip()
+            loaded = yaml.safe_load(raw) if raw else raw
+            name = loaded if isinstance(loaded, str) else raw
+            if (is_table or is_item) and name in comments:
+                pad = "  " if is_table else ""
+                for part in comments[name].splitlines() or [""]:
+                    out.append(f"{pad}# {part}")
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 # --- GitLab's table dictionary (db/docs/*.yml) -------------------------------------------------

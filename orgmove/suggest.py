@@ -95,9 +95,14 @@ def suggest(
                 f"polymorphic {col.name}/{id_col} ({pairs}), from the type values in the table"
             ))
     scored = []
+    # A column a foreign key already sends elsewhere is not named after its target
+    # (inbox_notifications.template_id -> notification_templates, not templates).
+    fk_targets = {c: catalog.top_parent(fk.ref_table) for fk in t.foreign_keys for c in fk.columns}
     for col in t.columns:
         target = _named_target(catalog, col.name)
         if target is None or target == table or target not in org:
+            continue
+        if col.name in fk_targets and fk_targets[col.name] != target:
             continue
         depth = graph.nodes[target].depth
         scored.append((not col.not_null, depth, col.name, target))

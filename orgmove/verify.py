@@ -37,7 +37,7 @@ from orgmove.chunking import (
 from orgmove.config import Config
 from orgmove.movectx import MoveContext
 from orgmove.obs import METRICS, NullProgress, ProgressSink, log
-from orgmove.plan import Plan, RootSpec, Step, table_ident
+from orgmove.plan import Plan, RootSpec, Step, column_exprs, table_ident
 
 EXAMPLE_KINDS = ("missing_on_target", "extra_on_target", "differs")
 
@@ -168,26 +168,29 @@ def base_type(column_type: str) -> str:
     return head.rstrip() + rest.partition(")")[2]
 
 
-def column_hash_operand(column: str, column_type: str) -> sql.Composable:
+def column_hash_operand(value: str | sql.Composable, column_type: str) -> sql.Composable:
     """How one column enters the row hash. Every other type (arrays, enums, domains, composites,
     json, geometric types...) enters as its text, as PostgreSQL prints it: exact, and the same on
     every Cell under the canonical session settings, where an enum's or an array's own hash would
     depend on type OIDs or ignore array bounds."""
-    ident = sql.Identifier(column)
+    if isinstance(value, str):
+        value = sql.Identifier(value)
     kind = base_type(column_type)
     if kind in HASHED_AS_IS or kind in HASHED_AS_JSONB:
-        return ident
+        return value
     if kind in HASHED_AS_C_TEXT:
-        return sql.SQL('({} COLLATE "C")').format(ident)
+        return sql.SQL('({} COLLATE "C")').format(value)
     if kind in HASHED_AS_SENT:
-        return sql.SQL("{}({})").format(sql.Identifier(HASHED_AS_SENT[kind]), ident)
-    return sql.SQL("{}::text").format(ident)
+        return sql.SQL("{}({})").format(sql.Identifier(HASHED_AS_SENT[kind]), value)
+    return sql.SQL("{}::text").format(value)
 
 
-def row_hash_expr(step: Step) -> sql.Composable:
-    """A 64-bit hash of one row from its values (PostgreSQL 14+: hash_record_extended)."""
+def row_hash_expr(step: Step, root: RootSpec, org: Any) -> sql.Composable:
+    """A 64-bit hash of one row from its values (PostgreSQL 14+: hash_record_extended).
+    column_exprs: nullified references read alike on both Cells (NULL outside the org)."""
     types = step.column_types or ["text"] * len(step.columns)
-    operands = sql.SQL(", ").join(column_hash_operand(c, t) for c, t in zip(step.columns, types, strict=True))
+    values = column_exprs(step, root, org)
+    operands = sql.SQL(", ").join(column_hash_operand(v, t) for v, t in zip(values, types, strict=True))
     return sql.SQL("hash_record_extended(ROW({}), 0)").format(operands)
 
 
@@ -195,7 +198,7 @@ def chunk_hash_query(step: Step, root: RootSpec, org: Any, r: KeyRange) -> str:
     return sql.SQL(
         # sum(bigint) is exact (a numeric result, accumulated in 128 bits): no cast per row.
         "SELECT count(*), COALESCE(sum({h}), 0) FROM {t} WHERE {w}"
-    ).format(h=row_hash_expr(step), t=table_ident(step.table),
+    ).format(h=row_hash_expr(step, root, org), t=table_ident(step.table),
              w=org_rows_where(step, root, org, r)).as_string(None)
 
 
@@ -207,7 +210,7 @@ def row_hashes_query(step: Step, root: RootSpec, org: Any, r: KeyRange) -> str:
         keys = sql.SQL("left(ROW({})::text, 200)").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in step.columns))
     return sql.SQL("SELECT {k}, {h} FROM {t} WHERE {w}").format(
-        k=keys, h=row_hash_expr(step), t=table_ident(step.table),
+        k=keys, h=row_hash_expr(step, root, org), t=table_ident(step.table),
         w=org_rows_where(step, root, org, r)).as_string(None)
 
 

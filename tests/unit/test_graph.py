@@ -376,11 +376,11 @@ def test_unclassified_tables_listed_with_suggestions_and_draft_loads() -> None:
     assert rules.tables["ci_pipelines"].sharding_key == {"project_id": "projects"}
     assert rules.tables["ci_stages"].sharding_key == {"pipeline_id": "ci_pipelines"}
     assert set(rules.cluster_wide) == {"users", "lfs_objects"}
-    assert "mystery" in draft  # named in the comments, left for a human
+    # No guess for mystery: cell_local, under a review comment saying why.
+    assert rules.cell_local == ["mystery"]
+    assert "# review: cell_local: no foreign key, sharding rule or column name leads" in draft
     graph = analyze(c, rules)
-    assert graph.unclassified == ["public.mystery"]
-    # With the draft plus a decision on the last table, the plan is complete.
-    rules.ignored.append("mystery")
+    assert graph.unclassified == []
     plan = plan_of(c, rules)
     assert "public.ci_stages" in position(plan)
 
@@ -440,3 +440,112 @@ def test_nullable_foreign_keys_in_a_cycle_still_resolve() -> None:
     assert graph.cycles == [["public.a", "public.b"]]
     plan = plan_of(cat(ORGS, a, b), "tables:\n  a: {ignore_fks: [b_id]}\n")
     assert [s.name for s in plan.steps] == ["organizations", "a", "b"]
+
+
+def test_sharding_key_to_a_partitioned_parent_with_a_composite_key() -> None:
+    """Issue 15 case 3: a sharding key pointing at a LIST-partitioned table whose primary key is
+    (id, partition_id) is followed on its id; a foreign key names the column itself."""
+    notes = T("notes", "id bigint!", "partition_id int!", "project_id bigint!",
+              pk=["id", "partition_id"], fks={"project_id": "projects"}, kind="p")
+    notes_part = T("notes_1", "id bigint!", "partition_id int!", "project_id bigint!",
+                   pk=["id", "partition_id"], partition_of="public.notes")
+    notes.partitions = ["public.notes_1"]
+    events = T("note_events", "id bigint!", "note_id bigint!", "part bigint!", "body text")
+    diffs = T("note_diffs", "id bigint!", "n_id bigint!", "n_part int!",
+              fks={"n_id,n_part": "notes(id,partition_id)"})
+    rules = BASE_RULES + (
+        "tables:\n  note_events: {sharding_key: {note_id: notes}}\n"
+        "  note_diffs: {sharding_key: {n_part: notes}}\n"
+    )
+    plan = plan_of(cat(ORGS, NAMESPACES, PROJECTS, USERS, notes, notes_part, events, diffs), rules)
+    hop = plan.step("public.note_events").filter[0].hops[0]
+    assert (hop.columns, hop.ref_table, hop.ref_columns) == (["note_id"], "public.notes", ["id"])
+    hop = plan.step("public.note_diffs").filter[0].hops[0]
+    assert (hop.columns, hop.ref_columns) == (["n_part"], ["partition_id"])
+    assert plan.step("public.notes").key == ["id", "partition_id"]
+
+
+def test_complete_draft_classifies_every_table_with_review_comments() -> None:
+    """Issue 15 item 4: bookkeeping tables cell_local (decided), a reverse-owned table through the
+    one FK that points at it, a polymorphic pair without mappable types named, empty tables
+    flagged, a suggestion toward a composite-key parent, and the summary N decided / M review."""
+    notes = T("notes", "id bigint!", "partition_id int!", "project_id bigint!",
+              pk=["id", "partition_id"], fks={"project_id": "projects"})
+    events = T("note_events", "id bigint!", "note_id bigint!")  # by name -> notes(id)
+    avatars = T("avatars", "id bigint!", "data text", rows=0)
+    avatars.est_bytes = 0
+    projects = T("projects", "id bigint!", "namespace_id bigint!", "avatar_id bigint",
+                 fks={"namespace_id": "namespaces", "avatar_id": "avatars"})
+    migrations = T("schema_migrations", "version text!", pk=["version"])
+    meta = T("ar_internal_metadata", "key text!", "value text", pk=["key"])
+    tags = T("taggings", "id bigint!", "taggable_type text", "taggable_id bigint")
+    c = cat(ORGS, NAMESPACES, projects, USERS, notes, events, avatars, migrations, meta, tags)
+    draft = suggest_rules_for(c, parse_rules(BASE_RULES, source="base"))
+    rules = parse_rules(draft)
+    assert {"schema_migrations", "ar_internal_metadata"} <= set(rules.cell_local)
+    assert rules.tables["note_events"].sharding_key == {"note_id": "notes"}
+    assert rules.tables["avatars"].sharding_key == {"id": "projects(avatar_id)"}
+    assert rules.tables["projects"].ignore_fks == ["fk_projects_avatar_id"]
+    assert "taggings" in rules.cell_local
+    lines = draft.splitlines()
+    for name in ("note_events", "avatars", "taggings"):
+        entry = next(i for i, line in enumerate(lines) if line.strip() in (f"{name}:", f"- {name}"))
+        assert lines[entry - 1].lstrip().startswith("# review:"), name
+    assert "taggable_type/taggable_id" in draft
+    assert "schema_migrations" not in [line.strip("#- ") for line in lines if "review" in line]
+    # 10 base tables; note_events, avatars and taggings to review.
+    assert "# 7 tables decided, 3 to review" in draft
+    assert "Empty tables (classified from the schema alone; check them): avatars" in draft
+    graph = analyze(c, rules)
+    assert graph.unclassified == [] and graph.cycles == []
+    plan = plan_of(c, rules)
+    hop = plan.step("public.avatars").filter[0].hops[0]
+    assert (hop.columns, hop.ref_table, hop.ref_columns) == (["id"], "public.projects", ["avatar_id"])
+    assert position(plan)["public.projects"] < position(plan)["public.avatars"]
+
+
+def test_outside_references_policy_in_the_plan() -> None:
+    """Org-to-org links that are not a row's ownership are checked by the pre-flight with their
+    policy; nullify is refused for a NOT NULL column and becomes a step's NullifiedReference."""
+    mrs = T("merge_requests", "id bigint!", "target_project_id bigint!", "source_project_id bigint",
+            "milestone_project_id bigint!",
+            fks={"target_project_id": "projects", "source_project_id": "projects",
+                 "milestone_project_id": "projects"})
+    c = cat(ORGS, NAMESPACES, PROJECTS, USERS, mrs)
+    base = BASE_RULES + "tables:\n  merge_requests:\n    sharding_key: {target_project_id: projects}\n"
+    plan = plan_of(c, base)
+    refs = {(r.table, tuple(r.columns)): r for r in plan.org_references}
+    assert ("public.merge_requests", ("target_project_id",)) not in refs  # the ownership link
+    assert refs[("public.merge_requests", ("source_project_id",))].policy == "fail"
+    assert ("public.namespaces", ("parent_id",)) in refs  # a parent group in another org
+    nullify = base + "    outside_references: {source_project_id: nullify}\n"
+    step = plan_of(c, nullify).step("public.merge_requests")
+    (n,) = step.nullify
+    assert n.columns == ["source_project_id"] and n.ref_table == "public.projects"
+    sql_text = filter_condition(step, plan.root, 1).as_string(None)
+    assert "source_project_id" not in sql_text
+    from orgmove.plan import column_exprs
+
+    exprs = [e.as_string(None) for e in column_exprs(step, plan.root, 1)]
+    assert exprs[step.columns.index("source_project_id")].startswith("CASE WHEN EXISTS")
+    assert exprs[step.columns.index("id")] == '"id"'
+    with pytest.raises(RulesError) as exc:
+        plan_of(c, base + "    outside_references: {milestone_project_id: nullify}\n")
+    assert "NOT NULL" in str(exc.value) and exc.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_no_name_guess_for_a_column_whose_foreign_key_points_elsewhere() -> None:
+    """coder's inbox_notifications.template_id references notification_templates: it is not a
+    sharding key to templates, whatever its name says."""
+    templates = T("templates", "id bigint!", "organization_id bigint!",
+                  fks={"organization_id": "organizations"})
+    notification_templates = T("notification_templates", "id bigint!", "name text!")
+    inbox = T("inbox_notifications", "id bigint!", "template_id bigint!", "user_id bigint!",
+              fks={"template_id": "notification_templates", "user_id": "users"})
+    c = cat(ORGS, USERS, templates, notification_templates, inbox)
+    draft = suggest_rules_for(c, parse_rules(BASE_RULES))
+    rules = parse_rules(draft)
+    assert "inbox_notifications" not in rules.tables
+    # No link to an organization: left per Cell, for the reviewer to confirm.
+    assert {"inbox_notifications", "notification_templates"} <= set(rules.cell_local)
+    assert "# 3 tables decided, 2 to review" in draft

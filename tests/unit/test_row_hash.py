@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orgmove.plan import Step
+from orgmove.plan import RootSpec, Step
 from orgmove.verify import base_type, column_hash_operand, row_hash_expr
 
 
@@ -35,5 +35,5 @@ def test_base_type_drops_only_the_modifier() -> None:
 def test_the_row_hash_lists_the_columns_in_plan_order() -> None:
     step = Step(table="public.t", schema_name="public", name="t", columns=["id", "w", "doc"],
                 column_types=["bigint", "double precision", "json"], filter=[])
-    assert row_hash_expr(step).as_string(None) == (
+    assert row_hash_expr(step, RootSpec(), 1).as_string(None) == (
         'hash_record_extended(ROW("id", "float8send"("w"), "doc"::text), 0)')
