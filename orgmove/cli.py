@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orgmove import __version__
+from orgmove import __version__, cli_rebalance
 from orgmove.config import Config, load_config, redact
 from orgmove.db import translate
 from orgmove.errors import (
@@ -47,6 +47,7 @@ sandbox_app = typer.Typer(help="The embedded default: local Cells and a Topology
 topology_app = typer.Typer(help="The Topology Service.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(topology_app, name="topology")
+cli_rebalance.register(app)
 
 
 @dataclass
