@@ -540,15 +540,19 @@ DirOpt = Annotated[Path, typer.Option("--dir", envvar="ORGMOVE_SANDBOX_DIR", sho
 
 
 @sandbox_app.command("up")
-def sandbox_up(directory: DirOpt = Path(".orgmove/sandbox"), as_json: JsonOpt = False) -> None:
-    """Start local cell-1, cell-2 and the Topology Service (idempotent).
+def sandbox_up(
+    directory: DirOpt = Path(".orgmove/sandbox"), as_json: JsonOpt = False,
+    cells: Annotated[int | None, typer.Option("--cells", envvar="ORGMOVE_SANDBOX_CELLS", show_envvar=True,
+                                              help="Number of Cells (default 2; adds, never removes).")] = None,
+) -> None:
+    """Start local cell-1, cell-2 (or --cells N of them) and the Topology Service (idempotent).
 
-    Example: orgmove sandbox up && eval "$(orgmove sandbox env)"
+    Example: orgmove sandbox up --cells 3 && eval "$(orgmove sandbox env)"
     """
     G.json = as_json
     from orgmove.sandbox.sandbox import Sandbox
 
-    doc = Sandbox(directory).up()
+    doc = Sandbox(directory).up(cells)
     emit({"command": "sandbox up", **doc}, lambda: out.print(
         f"sandbox up in {doc['dir']}; config: {doc['config']}\n"
         f"next: eval \"$(orgmove sandbox env --dir {directory})\" && orgmove sandbox seed"))
@@ -561,6 +565,8 @@ def sandbox_seed(
     scale: Annotated[str, typer.Option("--scale", envvar="ORGMOVE_SEED_SCALE", show_envvar=True,
                                        help="tiny, small, medium or large.")] = "small",
     as_json: JsonOpt = False,
+    skew: Annotated[bool, typer.Option("--skew", envvar="ORGMOVE_SEED_SKEW", show_envvar=True,
+                                       help="Most organizations on the first Cell (for the rebalancer).")] = False,
 ) -> None:
     """Load the GitLab-shaped fixture schema and deterministic data into the sandbox Cells.
 
@@ -571,7 +577,7 @@ def sandbox_seed(
 
     box = Sandbox(directory)
     box.up()
-    report = box.seed(orgs=orgs, scale=scale)
+    report = box.seed(orgs=orgs, scale=scale, skew=skew)
     doc = report.to_json() if hasattr(report, "to_json") else report.model_dump()
     emit({"command": "sandbox seed", **doc}, lambda: out.print(
         f"seeded {doc.get('total_rows', 0):,} rows in {doc.get('seconds', 0):.1f}s "

@@ -28,6 +28,7 @@ from typing import Any
 import procrastinate
 from procrastinate import JobContext
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from psycopg.types.json import Jsonb
 
 from orgmove.config import Config
 from orgmove.errors import MoveStateError, OrgmoveError
@@ -95,9 +96,10 @@ class _Recorder:
 
     def set(self, **fields: Any) -> None:
         cols = ", ".join(f"{k} = %s" for k in fields)
+        values = [Jsonb(v) if isinstance(v, dict) else v for v in fields.values()]
         with queuedb.control_db(self.dsn) as conn:
             conn.execute(f"UPDATE rebalance.moves SET {cols}, updated_at = clock_timestamp() WHERE job_id = %s",  # noqa: S608
-                         [*fields.values(), self.job_id])
+                         [*values, self.job_id])
 
     def started(self) -> None:
         with queuedb.control_db(self.dsn) as conn:

@@ -4,8 +4,11 @@ Everything comes from catalog statistics and the planner's own estimator, never 
 of a big table: Cell totals from ``pg_database_size`` and ``pg_class.reltuples``; an
 organization's rows per table from :func:`orgmove.planner.estimate_steps` (an exact filtered
 count for tables of up to ``EXACT_COUNT_LIMIT`` rows by ``reltuples``, a ``TABLESAMPLE`` count
-scaled up for bigger ones), its bytes from the rows times the table's bytes per row
-(``pg_total_relation_size / reltuples``). The optional write rate is the delta of
+scaled up for bigger ones), its bytes from the rows times the table's row width from
+``pg_stats`` (the sum of ``avg_width`` plus the tuple header). Not the table's size divided by
+its rows: a table with few rows has a whole page or more per handful of rows, which would make
+small organizations on a quiet Cell look large (falls back to that when a table has no
+statistics yet). The optional write rate is the delta of
 ``pg_stat_user_tables`` (inserted + updated + deleted tuples) over a sampling interval.
 
 Which organizations a Cell holds is the Topology Service's answer (the owner of each
@@ -81,6 +84,7 @@ def _measure_cell(config: Config, name: str, rules: Any, owner_of: OwnerOf | Non
         total_bytes, total_rows = int(row[0]), int(row[1])
         found: list[OrgLoad] = []
         plan: Plan | None = None
+        widths: dict[str, int] = {}
         for key in keys:
             if owner_of is not None and owner_of(key) != name:
                 continue
@@ -88,13 +92,31 @@ def _measure_cell(config: Config, name: str, rules: Any, owner_of: OwnerOf | Non
                 plan = build_plan(catalog, rules, org=key, from_cell=name, to_cell=name, graph=graph)
             plan.org = parse_org_key(key, plan.root.key_type, root=graph.root)
             estimate_steps(conn, plan, catalog)
-            found.append(OrgLoad(org=key, cell=name,
-                                 bytes=sum(s.estimated_bytes for s in plan.steps),
+            widths = widths or _row_widths(conn)
+            nbytes = sum(s.estimated_rows * widths[s.table] if s.table in widths else s.estimated_bytes
+                         for s in plan.steps)
+            found.append(OrgLoad(org=key, cell=name, bytes=int(nbytes),
                                  rows=sum(s.estimated_rows for s in plan.steps)))
         conn.rollback()
     cell = CellLoad(cell=name, org_bytes=sum(o.bytes for o in found), org_rows=sum(o.rows for o in found),
                     total_bytes=total_bytes, total_rows=total_rows, orgs=len(found))
     return cell, found
+
+
+# Heap tuple header (23 bytes, aligned to 24) plus the line pointer (4 bytes).
+TUPLE_OVERHEAD = 28
+
+
+def _row_widths(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Qualified table name -> bytes per row from ``pg_stats`` (a partitioned table: its
+    inherited statistics)."""
+    rows = conn.execute(
+        "SELECT s.schemaname, s.tablename, max(w) FROM ("
+        " SELECT schemaname, tablename, inherited, sum(avg_width) AS w FROM pg_stats"
+        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        " GROUP BY 1, 2, 3) s GROUP BY 1, 2"
+    ).fetchall()
+    return {f"{schema}.{table}": int(width) + TUPLE_OVERHEAD for schema, table, width in rows}
 
 
 def _writes(config: Config, name: str) -> int:

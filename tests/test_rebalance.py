@@ -1,0 +1,205 @@
+"""The rebalancer end to end on real PostgreSQL: three skewed Cells, a proposal, queued moves run
+by worker processes (procrastinate on the Topology Service's database), kill -9 of a worker,
+drain, pinned organizations and the per-Cell limits checked from the job history."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from orgmove import state
+from orgmove.config import Config, load_config
+from orgmove.plan import read_plan
+from orgmove.rebalance.proposal import within
+from orgmove.sandbox.seed import seed
+from orgmove.topology.client import TopologyClient, seed_claims
+from orgmove.topology.server import run_in_thread
+from tests.helpers import RULES, cli_ok, orgmove_popen, step_checksum
+from tests.pgfixtures import Servers
+from tests.world import can_write
+
+TOKEN = "rebalance-test-token-91c2"
+# cell-3 is a database on the second test server: a Cell is a DSN.
+SERVER_OF = {"cell-1": "cell-1", "cell-2": "cell-2", "cell-3": "cell-2"}
+ORGS = 8
+
+
+@dataclass
+class Cells3:
+    config_path: Path
+    dsns: dict[str, str]
+    queue_dsn: str
+    client: TopologyClient
+    tmp: Path
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    def cli(self, *args: str, code: int = 0) -> Any:
+        return cli_ok(self.config_path, *args, code=code)
+
+    def worker(self, name: str) -> subprocess.Popen[str]:
+        return orgmove_popen("--config", str(self.config_path), "worker", "--name", name)
+
+    def status(self) -> dict[str, Any]:
+        return self.cli("rebalance", "status", "--json")  # type: ignore[no-any-return]
+
+    def runs(self) -> list[dict[str, Any]]:
+        with psycopg.connect(self.queue_dsn, row_factory=psycopg.rows.dict_row) as conn:
+            return conn.execute("SELECT * FROM rebalance.runs ORDER BY id").fetchall()
+
+    def analyze(self) -> None:
+        for dsn in self.dsns.values():
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("ANALYZE")
+
+
+def _config_text(dsns: dict[str, str], url: str, queue_dsn: str, tmp: Path, extra: str) -> str:
+    lines = []
+    for name, dsn in dsns.items():
+        lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
+    lines += ["[topology]", f'url = "{url}"', f'token = "{TOKEN}"', ""]
+    lines += ["[defaults]", f'plans_dir = "{tmp / "plans"}"', f'rules = "{RULES}"', "lock_timeout_s = 5", ""]
+    lines += ["[rebalance]", "band = 0.25", "max_moves_per_cell = 2", "max_moves_total = 2",
+              f'queue_dsn = "{queue_dsn}"', "heartbeat_s = 1", "stalled_after_s = 4", "retry_wait_s = 1",
+              "max_freeze_s = 60", extra, ""]
+    return "\n".join(lines)
+
+
+def make_cells3(servers: Servers, tmp: Path, extra: str = "") -> Iterator[Cells3]:
+    dbs = {name: servers.create_db(server, prefix="reb") for name, server in SERVER_OF.items()}
+    dsns = {name: servers.admin_dsn(SERVER_OF[name], db) for name, db in dbs.items()}
+    topo_db = servers.create_db("topology", prefix="rebtopo")
+    queue_dsn = servers.admin_dsn("topology", topo_db)
+    try:
+        seed(dsns, orgs=ORGS, scale="tiny", seed=42, skew=True)
+        for dsn in dsns.values():
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                state.install_cell_schema(conn)
+        with run_in_thread(queue_dsn, TOKEN) as url, TopologyClient(url, TOKEN, retry_deadline_s=5.0) as client:
+            for i, name in enumerate(dsns, 1):
+                client.register_cell(name, f"cell{i}.example:5432")
+            seed_claims(client, dsns)
+            config_path = tmp / "orgmove.toml"
+            config_path.write_text(_config_text(dsns, url, queue_dsn, tmp, extra))
+            os.chmod(config_path, 0o600)
+            yield Cells3(config_path, dsns, queue_dsn, client, tmp)
+    finally:
+        for name, db in dbs.items():
+            servers.drop_db(SERVER_OF[name], db)
+        servers.drop_db("topology", topo_db)
+
+
+@pytest.fixture()
+def cells3(pg_servers: Servers, tmp_path: Path) -> Iterator[Cells3]:
+    yield from make_cells3(pg_servers, tmp_path)
+
+
+def wait_until_done(world: Cells3, n_moves: int, timeout_s: float = 300,
+                    procs: list[subprocess.Popen[str]] | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        doc = world.status()
+        finished = [m for m in doc["moves"] if m["state"] in ("done", "failed", "stopped")]
+        if len(finished) == n_moves:
+            return doc
+        for p in procs or []:
+            assert p.poll() is None, p.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, doc
+        time.sleep(1)
+
+
+def stop_workers(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+
+
+def assert_moved_cleanly(world: Cells3, moves: list[dict[str, Any]]) -> None:
+    """Every moved org: Topology routes it to its target, the target's rows equal the source's,
+    no fence, no lease left, and it is writable where it lives."""
+    config = world.config
+    for m in moves:
+        org = int(m["org"])
+        assert world.client.owner_of_org(org) == m["to_cell"], m
+        assert world.client.org_state(org) == "active"
+        plan = read_plan(Path(config.defaults.plans_dir) / f"org-{org}-{m['from_cell']}-{m['to_cell']}.plan.json")
+        for step in plan.steps:
+            src = step_checksum(world.dsns[m["from_cell"]], plan, step)
+            dst = step_checksum(world.dsns[m["to_cell"]], plan, step)
+            assert src == dst, (org, step.table)
+        assert can_write(world.dsns[m["to_cell"]], org)
+        verify = cli_ok(world.config_path, "verify", str(Path(config.defaults.plans_dir) /
+                                                          f"org-{org}-{m['from_cell']}-{m['to_cell']}.plan.json"),
+                        "--json")
+        assert verify["equal"] and verify["mismatched_chunks"] == 0, verify
+    for cell, dsn in world.dsns.items():
+        # A fence in force only on a Cell the organization has left (cutover keeps the old copy
+        # fenced), never where it lives.
+        with psycopg.connect(dsn) as conn:
+            fenced = [int(r[0]) for r in conn.execute(
+                "SELECT organization_id FROM orgmove.fences"
+                " WHERE expires_at IS NULL OR expires_at > clock_timestamp()").fetchall()]
+        assert all(world.client.owner_of_org(org) != cell for org in fenced), (cell, fenced)
+    for m in moves:
+        assert world.client.moves_for_org(int(m["org"]))[-1].status in ("committed", "aborted")
+
+
+def assert_limits_held(runs: list[dict[str, Any]], per_cell: int, total: int) -> None:
+    """At no instant did more runs overlap than the limits allow (from the attempt history)."""
+    events = sorted([(r["started_at"], 1, r) for r in runs] + [(r["ended_at"], -1, r) for r in runs],
+                    key=lambda e: (e[0], e[1]))
+    running: list[dict[str, Any]] = []
+    for _, kind, run in events:
+        if kind == 1:
+            running.append(run)
+            assert len(running) <= total, running
+            for cell in (run["from_cell"], run["to_cell"]):
+                assert sum(cell in (r["from_cell"], r["to_cell"]) for r in running) <= per_cell, running
+        else:
+            running.remove(run)
+
+
+def test_report_plan_start_two_workers_balance_three_cells(cells3: Cells3) -> None:
+    report = cells3.cli("rebalance", "report", "--json")
+    loads = {c["cell"]: c["org_bytes"] for c in report["cells"]}
+    assert not within(loads, 0.25), loads  # skewed: most organizations on cell-1
+    assert {o["cell"] for o in report["orgs"]} == {"cell-1", "cell-2", "cell-3"}
+    proposal = cells3.cli("rebalance", "plan", "--json")
+    assert proposal["moves"] and proposal["within_band"], proposal
+    assert all(m["from_cell"] == "cell-1" for m in proposal["moves"])
+    started = cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
+    assert len([j for j in started["jobs"] if j["job_id"]]) == len(proposal["moves"])
+    # a second start of the same proposal queues nothing twice (one lock per organization)
+    again = cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
+    assert all(j.get("skipped") for j in again["jobs"]), again
+    procs = [cells3.worker("w1"), cells3.worker("w2")]
+    try:
+        doc = wait_until_done(cells3, len(proposal["moves"]), procs=procs)
+    finally:
+        stop_workers(procs)
+    assert {m["state"] for m in doc["moves"]} == {"done"}, [(m["org"], m["phase"], m["reason"]) for m in doc["moves"]]
+    assert_moved_cleanly(cells3, doc["moves"])
+    cells3.analyze()
+    after = cells3.cli("rebalance", "report", "--json")
+    loads = {c["cell"]: c["org_bytes"] for c in after["cells"]}
+    assert within(loads, 0.25), loads
+    runs = cells3.runs()
+    assert len({r["worker"] for r in runs}) == 2  # both workers took moves
+    assert_limits_held(runs, per_cell=2, total=2)
