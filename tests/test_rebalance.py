@@ -64,19 +64,19 @@ class Cells3:
                 conn.execute("ANALYZE")
 
 
-def _config_text(dsns: dict[str, str], url: str, queue_dsn: str, tmp: Path, extra: str) -> str:
+def _config_text(dsns: dict[str, str], url: str, queue_dsn: str, tmp: Path, extra: str, band: float) -> str:
     lines = []
     for name, dsn in dsns.items():
         lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
     lines += ["[topology]", f'url = "{url}"', f'token = "{TOKEN}"', ""]
     lines += ["[defaults]", f'plans_dir = "{tmp / "plans"}"', f'rules = "{RULES}"', "lock_timeout_s = 5", ""]
-    lines += ["[rebalance]", "band = 0.25", "max_moves_per_cell = 2", "max_moves_total = 2",
+    lines += ["[rebalance]", f"band = {band}", "max_moves_per_cell = 2", "max_moves_total = 2",
               f'queue_dsn = "{queue_dsn}"', "heartbeat_s = 1", "stalled_after_s = 4", "retry_wait_s = 1",
               "max_freeze_s = 60", extra, ""]
     return "\n".join(lines)
 
 
-def make_cells3(servers: Servers, tmp: Path, extra: str = "") -> Iterator[Cells3]:
+def make_cells3(servers: Servers, tmp: Path, extra: str = "", band: float = 0.25) -> Iterator[Cells3]:
     dbs = {name: servers.create_db(server, prefix="reb") for name, server in SERVER_OF.items()}
     dsns = {name: servers.admin_dsn(SERVER_OF[name], db) for name, db in dbs.items()}
     topo_db = servers.create_db("topology", prefix="rebtopo")
@@ -91,7 +91,7 @@ def make_cells3(servers: Servers, tmp: Path, extra: str = "") -> Iterator[Cells3
                 client.register_cell(name, f"cell{i}.example:5432")
             seed_claims(client, dsns)
             config_path = tmp / "orgmove.toml"
-            config_path.write_text(_config_text(dsns, url, queue_dsn, tmp, extra))
+            config_path.write_text(_config_text(dsns, url, queue_dsn, tmp, extra, band))
             os.chmod(config_path, 0o600)
             yield Cells3(config_path, dsns, queue_dsn, client, tmp)
     finally:
@@ -203,3 +203,96 @@ def test_report_plan_start_two_workers_balance_three_cells(cells3: Cells3) -> No
     runs = cells3.runs()
     assert len({r["worker"] for r in runs}) == 2  # both workers took moves
     assert_limits_held(runs, per_cell=2, total=2)
+
+
+def org_cells(world: Cells3) -> dict[int, str | None]:
+    return {org: world.client.owner_of_org(org) for org in range(1, ORGS + 1)}
+
+
+def advisory_locks(queue_dsn: str) -> int:
+    with psycopg.connect(queue_dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                           " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                           " AND pid <> pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_mid_move_the_job_is_picked_up_and_finishes_cleanly(cells3: Cells3) -> None:
+    proposal = cells3.cli("rebalance", "plan", "--json")
+    cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
+    first = cells3.worker("w1")
+    victim = None
+    try:
+        deadline = time.monotonic() + 120
+        while victim is None:
+            assert first.poll() is None and time.monotonic() < deadline, "no move got under way"
+            for m in cells3.status()["moves"]:
+                if m["state"] == "running" and m["phase"] in ("copy", "verify", "cutover"):
+                    victim = m
+            time.sleep(0.2)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        procs = [cells3.worker("w2")]
+        try:
+            doc = wait_until_done(cells3, len(proposal["moves"]), procs=procs)
+        finally:
+            stop_workers(procs)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    states = {m["org"]: m for m in doc["moves"]}
+    assert {m["state"] for m in doc["moves"]} == {"done"}, doc
+    assert states[victim["org"]]["attempts"] >= 2, states[victim["org"]]  # picked up again
+    assert states[victim["org"]]["worker"] == "w2"
+    assert_moved_cleanly(cells3, doc["moves"])
+    # the dead worker's attempt left no slot behind; no lease is open for any org
+    assert advisory_locks(cells3.queue_dsn) == 0
+    for org in range(1, ORGS + 1):
+        assert cells3.client.org_state(org) == "active"
+
+
+@pytest.fixture()
+def cells3_pinned(pg_servers: Servers, tmp_path: Path) -> Iterator[Cells3]:
+    yield from make_cells3(pg_servers, tmp_path, extra='pinned = ["2"]', band=0.9)
+
+
+def test_drain_empties_a_cell_and_pinned_orgs_never_move(cells3_pinned: Cells3) -> None:
+    world = cells3_pinned
+    before = org_cells(world)
+    plan = world.cli("rebalance", "plan", "--json")
+    assert "2" not in {m["org"] for m in plan["moves"]}
+    drain = world.cli("rebalance", "drain", "cell-3", "--json")
+    assert [m["from_cell"] for m in drain["moves"]] == ["cell-3"]
+    assert drain["after"]["cell-3"] == 0
+    world.cli("rebalance", "start", drain["proposal_file"], "--json")
+    proc = world.worker("w1")
+    try:
+        doc = wait_until_done(world, len(drain["moves"]), procs=[proc])
+    finally:
+        stop_workers([proc])
+    assert {m["state"] for m in doc["moves"]} == {"done"}, doc
+    assert_moved_cleanly(world, doc["moves"])
+    after = org_cells(world)
+    assert "cell-3" not in after.values()
+    assert after[2] == before[2] == "cell-1"
+    report = world.cli("rebalance", "report", "--json")
+    assert {c["cell"]: c["orgs"] for c in report["cells"]}["cell-3"] == 0
+    assert world.cli("rebalance", "drain", "cell-9", code=2).stderr.count("unknown cell") == 1
+
+
+def test_stop_cancels_queued_moves(cells3: Cells3) -> None:
+    before = org_cells(cells3)
+    proposal = cells3.cli("rebalance", "plan", "--json")
+    cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
+    stopped = cells3.cli("rebalance", "stop", "--json")
+    assert len(stopped["cancelled_jobs"]) == len(proposal["moves"])
+    doc = cells3.status()
+    assert doc["stopped"] and {m["state"] for m in doc["moves"]} == {"stopped"}
+    # a worker started after the stop moves nothing
+    cells3.cli("worker", "--once", "--name", "w1")
+    assert org_cells(cells3) == before
+    for org, cell in before.items():
+        assert cell is not None and can_write(cells3.dsns[cell], org)
