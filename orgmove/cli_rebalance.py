@@ -227,4 +227,4 @@ def worker(
     """
     from orgmove.rebalance.worker import run_worker
 
-    run_worker(_config(ctx), name=name, once=once)
+    run_worker(_config(ctx), name=name, once=once, debug=bool(ctx.find_root().params.get("debug")))

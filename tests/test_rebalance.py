@@ -296,3 +296,21 @@ def test_stop_cancels_queued_moves(cells3: Cells3) -> None:
     assert org_cells(cells3) == before
     for org, cell in before.items():
         assert cell is not None and can_write(cells3.dsns[cell], org)
+
+
+def test_a_move_that_fails_for_good_leaves_the_org_on_its_source_writable(cells3: Cells3) -> None:
+    before = org_cells(cells3)
+    proposal = cells3.cli("rebalance", "plan", "--json")
+    # The targets lose a column the source has: every plan's pre-flight refuses (not retryable).
+    for cell in {m["to_cell"] for m in proposal["moves"]}:
+        with psycopg.connect(cells3.dsns[cell], autocommit=True) as conn:
+            conn.execute("ALTER TABLE public.labels DROP COLUMN color")
+    cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
+    cells3.cli("worker", "--once", "--name", "w1")
+    doc = cells3.status()
+    assert {m["state"] for m in doc["moves"]} == {"failed"}, doc
+    assert all(m["attempts"] == 1 and "color" in (m["reason"] or "") for m in doc["moves"]), doc
+    assert org_cells(cells3) == before
+    for org, cell in before.items():
+        assert cell is not None and can_write(cells3.dsns[cell], org)
+        assert cells3.client.org_state(org) == "active"

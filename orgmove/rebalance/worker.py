@@ -19,7 +19,29 @@ from orgmove.obs import METRICS, log
 from orgmove.rebalance import jobs, queue, queuedb
 
 
-def run_worker(config: Config, *, name: str | None = None, once: bool = False) -> None:
+class _OneLineJobErrors(logging.Filter):
+    """procrastinate logs a failed job with its traceback; operators get the error's paragraph
+    (the reason is in `orgmove rebalance status` too). ``--debug`` keeps the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage().splitlines()[0]}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def run_worker(config: Config, *, name: str | None = None, once: bool = False, debug: bool = False) -> None:
+    # procrastinate's records go through orgmove's handlers (format, redaction of secrets).
+    queue_log = logging.getLogger("procrastinate")
+    queue_log.handlers[:] = list(logging.getLogger("orgmove").handlers)
+    queue_log.setLevel(logging.DEBUG if debug else logging.INFO)
+    queue_log.propagate = False
+    if not debug:
+        for handler in queue_log.handlers:
+            handler.addFilter(_OneLineJobErrors())
     dsn = config.rebalance.queue_dsn_value()
     queuedb.ensure_schema(dsn)
     jobs.configure_worker(jobs.WorkerSettings(config=config, dsn=dsn, name=name or jobs.worker_name()))
