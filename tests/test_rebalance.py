@@ -64,19 +64,22 @@ class Cells3:
                 conn.execute("ANALYZE")
 
 
-def _config_text(dsns: dict[str, str], url: str, queue_dsn: str, tmp: Path, extra: str, band: float) -> str:
+def _config_text(dsns: dict[str, str], url: str, queue_dsn: str, tmp: Path, extra: str, band: float,
+                 defaults_extra: str = "") -> str:
     lines = []
     for name, dsn in dsns.items():
         lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
     lines += ["[topology]", f'url = "{url}"', f'token = "{TOKEN}"', ""]
-    lines += ["[defaults]", f'plans_dir = "{tmp / "plans"}"', f'rules = "{RULES}"', "lock_timeout_s = 5", ""]
+    lines += ["[defaults]", f'plans_dir = "{tmp / "plans"}"', f'rules = "{RULES}"', "lock_timeout_s = 5",
+              defaults_extra, ""]
     lines += ["[rebalance]", f"band = {band}", "max_moves_per_cell = 2", "max_moves_total = 2",
               f'queue_dsn = "{queue_dsn}"', "heartbeat_s = 1", "stalled_after_s = 4", "retry_wait_s = 1",
               "max_freeze_s = 60", extra, ""]
     return "\n".join(lines)
 
 
-def make_cells3(servers: Servers, tmp: Path, extra: str = "", band: float = 0.25) -> Iterator[Cells3]:
+def make_cells3(servers: Servers, tmp: Path, extra: str = "", band: float = 0.25,
+                defaults_extra: str = "") -> Iterator[Cells3]:
     dbs = {name: servers.create_db(server, prefix="reb") for name, server in SERVER_OF.items()}
     dsns = {name: servers.admin_dsn(SERVER_OF[name], db) for name, db in dbs.items()}
     topo_db = servers.create_db("topology", prefix="rebtopo")
@@ -91,7 +94,7 @@ def make_cells3(servers: Servers, tmp: Path, extra: str = "", band: float = 0.25
                 client.register_cell(name, f"cell{i}.example:5432")
             seed_claims(client, dsns)
             config_path = tmp / "orgmove.toml"
-            config_path.write_text(_config_text(dsns, url, queue_dsn, tmp, extra, band))
+            config_path.write_text(_config_text(dsns, url, queue_dsn, tmp, extra, band, defaults_extra))
             os.chmod(config_path, 0o600)
             yield Cells3(config_path, dsns, queue_dsn, client, tmp)
     finally:
@@ -268,12 +271,15 @@ def test_drain_empties_a_cell_and_pinned_orgs_never_move(cells3_pinned: Cells3) 
     assert [m["from_cell"] for m in drain["moves"]] == ["cell-3"]
     assert drain["after"]["cell-3"] == 0
     world.cli("rebalance", "start", drain["proposal_file"], "--json")
-    proc = world.worker("w1")
-    try:
-        doc = wait_until_done(world, len(drain["moves"]), procs=[proc])
-    finally:
-        stop_workers([proc])
+    metrics = world.tmp / "worker.prom"
+    world.cli("--metrics-file", str(metrics), "worker", "--once", "--name", "w1")
+    doc = world.status()
     assert {m["state"] for m in doc["moves"]} == {"done"}, doc
+    moved = sum(m["bytes_done"] for m in doc["moves"])
+    assert moved > 0
+    text = metrics.read_text()
+    assert f"orgmove_rebalance_bytes_moved_total {float(moved)}" in text, text
+    assert "orgmove_rebalance_queue_depth" in text and "orgmove_rebalance_moves_running" in text
     assert_moved_cleanly(world, doc["moves"])
     after = org_cells(world)
     assert "cell-3" not in after.values()
@@ -314,3 +320,36 @@ def test_a_move_that_fails_for_good_leaves_the_org_on_its_source_writable(cells3
     for org, cell in before.items():
         assert cell is not None and can_write(cells3.dsns[cell], org)
         assert cells3.client.org_state(org) == "active"
+
+
+@pytest.fixture()
+def cells3_slow_copy(pg_servers: Servers, tmp_path: Path) -> Iterator[Cells3]:
+    yield from make_cells3(pg_servers, tmp_path, defaults_extra="rate_rows_per_s = 20")
+
+
+def test_stop_during_a_copy_aborts_the_move_before_its_fence(cells3_slow_copy: Cells3) -> None:
+    world = cells3_slow_copy
+    before = org_cells(world)
+    proposal = world.cli("rebalance", "plan", "--json")
+    world.cli("rebalance", "start", proposal["proposal_file"], "--json")
+    proc = world.worker("w1")
+    try:
+        deadline = time.monotonic() + 120
+        while not any(m["phase"] == "copy" for m in world.status()["moves"]):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        world.cli("rebalance", "stop", "--json")
+        doc = wait_until_done(world, len(proposal["moves"]), procs=[proc])
+    finally:
+        stop_workers([proc])
+    assert {m["state"] for m in doc["moves"]} == {"stopped"}, [(m["org"], m["reason"]) for m in doc["moves"]]
+    assert any("before this move's cutover" in (m["reason"] or "") for m in doc["moves"]), doc
+    assert org_cells(world) == before
+    for org, cell in before.items():
+        assert cell is not None and can_write(world.dsns[cell], org)
+        assert world.client.org_state(org) == "active"
+    # the aborted move's copy was deleted from its target
+    for m in doc["moves"]:
+        with psycopg.connect(world.dsns[m["to_cell"]]) as conn:
+            assert conn.execute("SELECT count(*) FROM organizations WHERE id = %s",
+                                (int(m["org"]),)).fetchone() == (0,)

@@ -108,7 +108,7 @@ class _Recorder:
 
     # ProgressSink
     def start(self, phase: str, tables: dict[str, int], total_bytes: int = 0) -> None:
-        self.set(phase=phase)
+        pass  # the phase is the one run_move announces (say); progress counts across its steps
 
     def advance(self, table: str, rows: int, nbytes: int = 0) -> None:
         with self._lock:
@@ -136,6 +136,7 @@ def move_job(context: JobContext, *, proposal_id: str, org: str, from_cell: str,
     try:
         return _attempt(st, rec, job_id, org, from_cell, to_cell)
     except MoveStopped as exc:
+        _leave_on_source(st, rec, org, from_cell, to_cell)
         rec.set(state="stopped", phase="stopped", reason=exc.message, finished_at="now")
         raise
     except BaseException as exc:
