@@ -126,6 +126,8 @@ class Sandbox:
             lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
         lines += ["[topology]", f'url = "{self.topology_url}"', f'token = "{self.token}"', ""]
         lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"', ""]
+        # The rebalancer's queue lives in the Topology Service's database.
+        lines += ["[rebalance]", f'queue_dsn = "{self.topology_dsn()}"', ""]
         self.config_path.write_text("\n".join(lines))
         os.chmod(self.config_path, 0o600)
 
