@@ -286,7 +286,19 @@ def test_drain_empties_a_cell_and_pinned_orgs_never_move(cells3_pinned: Cells3) 
     assert after[2] == before[2] == "cell-1"
     report = world.cli("rebalance", "report", "--json")
     assert {c["cell"]: c["orgs"] for c in report["cells"]}["cell-3"] == 0
+    sampled = world.cli("rebalance", "report", "--sample-s", "0.3", "--json")
+    assert all(c["writes_per_s"] is not None and c["writes_per_s"] >= 0 for c in sampled["cells"])
+    # operator mistakes: one paragraph, exit 2, nothing queued
     assert world.cli("rebalance", "drain", "cell-9", code=2).stderr.count("unknown cell") == 1
+    missing = world.cli("rebalance", "start", str(world.tmp / "nope.json"), code=2)
+    assert "cannot read proposal" in missing.stderr and "Fix:" in missing.stderr
+    no_queue = world.tmp / "no-queue.toml"
+    no_queue.write_text("\n".join(line for line in world.config_path.read_text().splitlines()
+                                  if not line.startswith("queue_dsn")))
+    os.chmod(no_queue, 0o600)
+    refused = cli_ok(no_queue, "rebalance", "status", code=2)
+    assert "queue" in refused.stderr and "Fix:" in refused.stderr
+    assert len(world.status()["moves"]) == len(drain["moves"])
 
 
 def test_stop_cancels_queued_moves(cells3: Cells3) -> None:
