@@ -25,6 +25,7 @@ from orgmove.topology.client import TopologyClient, seed_claims
 from orgmove.topology.server import run_in_thread
 from tests.helpers import RULES, cli_ok, orgmove_popen, step_checksum
 from tests.pgfixtures import Servers
+from tests.test_operator_experience import assert_same_shape, documented
 from tests.world import can_write
 
 TOKEN = "rebalance-test-token-91c2"
@@ -189,6 +190,8 @@ def test_report_plan_start_two_workers_balance_three_cells(cells3: Cells3) -> No
     assert all(m["from_cell"] == "cell-1" for m in proposal["moves"])
     started = cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
     assert len([j for j in started["jobs"] if j["job_id"]]) == len(proposal["moves"])
+    for command, doc in (("rebalance report", report), ("rebalance plan", proposal), ("rebalance start", started)):
+        assert_same_shape(doc, documented(command), command)
     # a second start of the same proposal queues nothing twice (one lock per organization)
     again = cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
     assert all(j.get("skipped") for j in again["jobs"]), again
@@ -198,6 +201,7 @@ def test_report_plan_start_two_workers_balance_three_cells(cells3: Cells3) -> No
     finally:
         stop_workers(procs)
     assert {m["state"] for m in doc["moves"]} == {"done"}, [(m["org"], m["phase"], m["reason"]) for m in doc["moves"]]
+    assert_same_shape({**doc, "counts": {"done": 0}}, documented("rebalance status"), "rebalance status")
     assert_moved_cleanly(cells3, doc["moves"])
     cells3.analyze()
     after = cells3.cli("rebalance", "report", "--json")
@@ -306,6 +310,7 @@ def test_stop_cancels_queued_moves(cells3: Cells3) -> None:
     proposal = cells3.cli("rebalance", "plan", "--json")
     cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
     stopped = cells3.cli("rebalance", "stop", "--json")
+    assert_same_shape(stopped, documented("rebalance stop"), "rebalance stop")
     assert len(stopped["cancelled_jobs"]) == len(proposal["moves"])
     doc = cells3.status()
     assert doc["stopped"] and {m["state"] for m in doc["moves"]} == {"stopped"}
