@@ -41,9 +41,15 @@ def _serve(dsn: str) -> tuple[subprocess.Popen[str], str]:
 
 
 @pytest.fixture(scope="module")
-def two_services(pg_servers: Servers) -> Iterator[list[str]]:
+def two_services_dsn(pg_servers: Servers) -> Iterator[str]:
     db = pg_servers.create_db("topology", prefix="topo2")
-    dsn = pg_servers.admin_dsn("topology", db)
+    yield pg_servers.admin_dsn("topology", db)
+    pg_servers.drop_db("topology", db)
+
+
+@pytest.fixture(scope="module")
+def two_services(two_services_dsn: str) -> Iterator[list[str]]:
+    dsn = two_services_dsn
     procs: list[subprocess.Popen[str]] = []
     try:
         urls = []
@@ -56,7 +62,6 @@ def two_services(pg_servers: Servers) -> Iterator[list[str]]:
         for proc in procs:
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=30)
-        pg_servers.drop_db("topology", db)
 
 
 def test_concurrent_cas_on_one_org_through_two_processes_exactly_one_wins(two_services: list[str]) -> None:
@@ -104,3 +109,26 @@ def test_concurrent_cas_on_one_org_through_two_processes_exactly_one_wins(two_se
     with TopologyClient(winner_url, TOKEN) as client:
         assert client.owner_of_org(org) == "cell-2"
         assert {c.cell_id for c in claims_of(client, org)} == {"cell-2"}
+
+
+
+def test_a_url_list_fails_over_to_the_next_process(two_services: list[str], two_services_dsn: str) -> None:
+    _, b = two_services
+    org = 7002
+    with TopologyClient(b, TOKEN) as direct:
+        direct.register_cell("cell-1", "http://cell-1.example:8080")
+        direct.create_claims("cell-1", org_claims(org))
+    extra_proc, extra = _serve(two_services_dsn)  # a third process on the same database
+    try:
+        with TopologyClient(f"{extra},{b}", TOKEN, retry_deadline_s=10) as client:
+            assert client.owner_of_org(org) == "cell-1"
+            assert client.url == extra
+            extra_proc.send_signal(signal.SIGINT)
+            extra_proc.communicate(timeout=30)
+            # the first process is gone: the same client answers from the next one
+            assert client.owner_of_org(org) == "cell-1"
+            assert client.url == b
+    finally:
+        if extra_proc.poll() is None:
+            extra_proc.kill()
+            extra_proc.communicate()
