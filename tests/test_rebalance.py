@@ -66,21 +66,21 @@ class Cells3:
 
 
 def _config_text(dsns: dict[str, str], url: str, queue_dsn: str, tmp: Path, extra: str, band: float,
-                 defaults_extra: str = "") -> str:
+                 defaults_extra: str = "", per_cell: int = 2) -> str:
     lines = []
     for name, dsn in dsns.items():
         lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
     lines += ["[topology]", f'url = "{url}"', f'token = "{TOKEN}"', ""]
     lines += ["[defaults]", f'plans_dir = "{tmp / "plans"}"', f'rules = "{RULES}"', "lock_timeout_s = 5",
               defaults_extra, ""]
-    lines += ["[rebalance]", f"band = {band}", "max_moves_per_cell = 2", "max_moves_total = 2",
+    lines += ["[rebalance]", f"band = {band}", f"max_moves_per_cell = {per_cell}", "max_moves_total = 2",
               f'queue_dsn = "{queue_dsn}"', "heartbeat_s = 1", "stalled_after_s = 4", "retry_wait_s = 1",
               "max_freeze_s = 60", extra, ""]
     return "\n".join(lines)
 
 
 def make_cells3(servers: Servers, tmp: Path, extra: str = "", band: float = 0.25,
-                defaults_extra: str = "") -> Iterator[Cells3]:
+                defaults_extra: str = "", per_cell: int = 2) -> Iterator[Cells3]:
     dbs = {name: servers.create_db(server, prefix="reb") for name, server in SERVER_OF.items()}
     dsns = {name: servers.admin_dsn(SERVER_OF[name], db) for name, db in dbs.items()}
     topo_db = servers.create_db("topology", prefix="rebtopo")
@@ -95,7 +95,7 @@ def make_cells3(servers: Servers, tmp: Path, extra: str = "", band: float = 0.25
                 client.register_cell(name, f"cell{i}.example:5432")
             seed_claims(client, dsns)
             config_path = tmp / "orgmove.toml"
-            config_path.write_text(_config_text(dsns, url, queue_dsn, tmp, extra, band, defaults_extra))
+            config_path.write_text(_config_text(dsns, url, queue_dsn, tmp, extra, band, defaults_extra, per_cell))
             os.chmod(config_path, 0o600)
             yield Cells3(config_path, dsns, queue_dsn, client, tmp)
     finally:
@@ -107,6 +107,12 @@ def make_cells3(servers: Servers, tmp: Path, extra: str = "", band: float = 0.25
 @pytest.fixture()
 def cells3(pg_servers: Servers, tmp_path: Path) -> Iterator[Cells3]:
     yield from make_cells3(pg_servers, tmp_path)
+
+
+@pytest.fixture()
+def cells3_one_per_cell(pg_servers: Servers, tmp_path: Path) -> Iterator[Cells3]:
+    """Two workers but one move at a time per Cell: the limit, not the workers, bounds the runs."""
+    yield from make_cells3(pg_servers, tmp_path, per_cell=1)
 
 
 def wait_until_done(world: Cells3, n_moves: int, timeout_s: float = 300,
@@ -165,6 +171,15 @@ def assert_moved_cleanly(world: Cells3, moves: list[dict[str, Any]]) -> None:
         assert world.client.moves_for_org(int(m["org"]))[-1].status in ("committed", "aborted")
 
 
+def test_the_limit_check_sees_an_overlap() -> None:
+    at = [f"2026-01-01 00:00:0{i}" for i in range(4)]
+    runs = [{"from_cell": "cell-1", "to_cell": "cell-2", "started_at": at[0], "ended_at": at[2]},
+            {"from_cell": "cell-1", "to_cell": "cell-3", "started_at": at[1], "ended_at": at[3]}]
+    assert_limits_held(runs, per_cell=2, total=2)
+    with pytest.raises(AssertionError):
+        assert_limits_held(runs, per_cell=1, total=2)
+
+
 def assert_limits_held(runs: list[dict[str, Any]], per_cell: int, total: int) -> None:
     """At no instant did more runs overlap than the limits allow (from the attempt history)."""
     events = sorted([(r["started_at"], 1, r) for r in runs] + [(r["ended_at"], -1, r) for r in runs],
@@ -180,7 +195,8 @@ def assert_limits_held(runs: list[dict[str, Any]], per_cell: int, total: int) ->
             running.remove(run)
 
 
-def test_report_plan_start_two_workers_balance_three_cells(cells3: Cells3) -> None:
+def test_report_plan_start_two_workers_balance_three_cells(cells3_one_per_cell: Cells3) -> None:
+    cells3 = cells3_one_per_cell
     report = cells3.cli("rebalance", "report", "--json")
     loads = {c["cell"]: c["org_bytes"] for c in report["cells"]}
     assert not within(loads, 0.25), loads  # skewed: most organizations on cell-1
@@ -209,7 +225,8 @@ def test_report_plan_start_two_workers_balance_three_cells(cells3: Cells3) -> No
     assert within(loads, 0.25), loads
     runs = cells3.runs()
     assert len({r["worker"] for r in runs}) == 2  # both workers took moves
-    assert_limits_held(runs, per_cell=2, total=2)
+    # every move leaves cell-1, so at most one runs at a time although two workers hold jobs
+    assert_limits_held(runs, per_cell=1, total=2)
 
 
 def org_cells(world: Cells3) -> dict[int, str | None]:
