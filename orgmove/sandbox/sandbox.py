@@ -125,7 +125,10 @@ class Sandbox:
         for name, dsn in self.cell_dsns().items():
             lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
         lines += ["[topology]", f'url = "{self.topology_url}"', f'token = "{self.token}"', ""]
-        lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"', ""]
+        lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"']
+        # The fixture's sharding rules, when run from a checkout: rebalance workers plan with them.
+        rules = Path(__file__).resolve().parents[2] / "plans" / "gitlab.rules.yaml"
+        lines += [f'rules = "{rules}"', ""] if rules.exists() else [""]
         # The rebalancer's queue lives in the Topology Service's database.
         lines += ["[rebalance]", f'queue_dsn = "{self.topology_dsn()}"', ""]
         self.config_path.write_text("\n".join(lines))
