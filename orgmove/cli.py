@@ -18,7 +18,7 @@ from typing import Annotated
 import psycopg
 import typer
 
-from orgmove import __version__, cli_move, cli_sandbox
+from orgmove import __version__, cli_move, cli_rebalance, cli_sandbox
 from orgmove.cli_common import Session, err, session
 from orgmove.config import redact
 from orgmove.db import translate
@@ -49,6 +49,7 @@ for module_app in COMMAND_MODULES:
     app.registered_commands += module_app.registered_commands
 for group_name, group_app in GROUPS:
     app.add_typer(group_app, name=group_name)
+cli_rebalance.register(app)
 
 
 def _version(value: bool) -> None:

@@ -22,13 +22,17 @@ SANDBOX_DIR = Path(".orgmove/sandbox")
 
 
 @sandbox_app.command("up")
-def sandbox_up(ctx: typer.Context, directory: DirOpt = SANDBOX_DIR, as_json: JsonOpt = False) -> None:
-    """Start local cell-1, cell-2 and the Topology Service (idempotent).
+def sandbox_up(
+    ctx: typer.Context, directory: DirOpt = SANDBOX_DIR, as_json: JsonOpt = False,
+    cells: Annotated[int | None, typer.Option("--cells", envvar="ORGMOVE_SANDBOX_CELLS", show_envvar=True,
+                                              help="Number of Cells (default 2; adds, never removes).")] = None,
+) -> None:
+    """Start local cell-1, cell-2 (or --cells N of them) and the Topology Service (idempotent).
 
-    Example: orgmove sandbox up && eval "$(orgmove sandbox env)"
+    Example: orgmove sandbox up --cells 3 && eval "$(orgmove sandbox env)"
     """
     s = session(ctx, as_json)
-    doc = Sandbox(directory).up()
+    doc = Sandbox(directory).up(cells)
     s.emit({"command": "sandbox up", **doc}, lambda: out.print(
         f"sandbox up in {doc['dir']}; config: {doc['config']}\n"
         f"next: eval \"$(orgmove sandbox env --dir {directory})\" && orgmove sandbox seed"))
@@ -43,6 +47,8 @@ def sandbox_seed(
     scale: Annotated[str, typer.Option("--scale", envvar="ORGMOVE_SEED_SCALE", show_envvar=True,
                                        help="tiny, small, medium or large.")] = "small",
     as_json: JsonOpt = False,
+    skew: Annotated[bool, typer.Option("--skew", envvar="ORGMOVE_SEED_SKEW", show_envvar=True,
+                                       help="Most organizations on the first Cell (for the rebalancer).")] = False,
 ) -> None:
     """Load the GitLab-shaped fixture schema and deterministic data into the sandbox Cells.
 
@@ -51,7 +57,7 @@ def sandbox_seed(
     s = session(ctx, as_json)
     box = Sandbox(directory)
     box.up()
-    report = box.seed(orgs=orgs, scale=scale)
+    report = box.seed(orgs=orgs, scale=scale, skew=skew)
     doc = report.to_json() if hasattr(report, "to_json") else report.model_dump()
     s.emit({"command": "sandbox seed", **doc}, lambda: out.print(
         f"seeded {doc.get('total_rows', 0):,} rows in {doc.get('seconds', 0):.1f}s "

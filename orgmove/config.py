@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orgmove.errors import ConfigError
+from orgmove.rebalance.policy import RebalancePolicy
 
 DEFAULT_CONFIG_PATH = Path("orgmove.toml")
 CONFIG_ENV = "ORGMOVE_CONFIG"
@@ -82,6 +83,7 @@ class Config(BaseModel):
     cells: dict[str, CellConfig] = Field(default_factory=dict)
     topology: TopologyConfig | None = None
     defaults: Defaults = Field(default_factory=Defaults)
+    rebalance: RebalancePolicy = Field(default_factory=RebalancePolicy)
     source_path: str | None = Field(default=None, exclude=True)
 
     def cell_dsn(self, name: str) -> str:

@@ -211,6 +211,17 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
         )
 
+        # The rebalancer (orgmove/rebalance/): refreshed by every worker.
+        self.rebalance_queue_depth = Gauge(
+            "orgmove_rebalance_queue_depth", "Rebalance moves queued, not started", registry=self.registry
+        )
+        self.rebalance_moves_running = Gauge(
+            "orgmove_rebalance_moves_running", "Rebalance moves running", registry=self.registry
+        )
+        self.rebalance_bytes_moved = Counter(
+            "orgmove_rebalance_bytes_moved", "Bytes copied by finished rebalance moves", registry=self.registry
+        )
+
     def write_textfile(self, path: str) -> None:
         write_to_textfile(path, self.registry)
 

@@ -184,3 +184,16 @@ def org_home(org_id: int, cell_names: Sequence[str]) -> str:
         raise BadInput(f"organization id {org_id} is not positive", fix="use ids 1..N")
     ordered = sorted(cell_names, key=lambda n: (cell_number(n), n))
     return ordered[(org_id - 1) % len(ordered)]
+
+
+def skewed_home(org_id: int, orgs: int, cell_names: Sequence[str]) -> str:
+    """The skewed layout (``sandbox seed --skew``), an imbalance for the rebalancer to fix: the
+    first Cell holds the first two thirds of the organizations (org 1, the biggest, among them),
+    the others share the rest round robin."""
+    ordered = sorted(cell_names, key=lambda n: (cell_number(n), n))
+    if len(ordered) == 1:
+        return ordered[0]
+    heavy = max(1, -(-2 * orgs // 3))
+    if org_id <= heavy:
+        return ordered[0]
+    return ordered[1 + (org_id - heavy - 1) % (len(ordered) - 1)]

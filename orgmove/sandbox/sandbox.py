@@ -1,5 +1,7 @@
-"""The embedded default: local Cells (cell-1, cell-2), the Topology Service and its database,
-all under one directory (default ``.orgmove/sandbox``), described by ``D/orgmove.toml``."""
+"""The embedded default: local Cells (cell-1, cell-2, or N of them with ``--cells N``), the
+Topology Service and its database, all under one directory (default ``.orgmove/sandbox``),
+described by ``D/orgmove.toml``. The number of Cells is kept in ``D/sandbox.json``: a later
+``up --cells M`` with M larger adds Cells, never removes one."""
 
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ import psycopg
 from psycopg import sql
 
 from orgmove import state
-from orgmove.errors import EnvironmentProblem
+from orgmove.errors import BadInput, EnvironmentProblem
 from orgmove.sandbox.pgcluster import LocalCluster, free_port
 
 DEFAULT_DIR = Path(".orgmove/sandbox")
 CELLS = ("cell-1", "cell-2")
+MAX_CELLS = 16
 CELL_DB = "gitlab"
 TOPOLOGY_DB = "topology"
 
@@ -35,17 +38,25 @@ class SandboxState:
     password: str
     token: str
 
+    @property
+    def cells(self) -> tuple[str, ...]:
+        names = [n for n in self.ports if n.startswith("cell-")]
+        return tuple(sorted(names, key=lambda n: int(n.split("-")[1])))
+
     @classmethod
-    def load_or_create(cls, directory: Path) -> SandboxState:
+    def load_or_create(cls, directory: Path, cells: int | None = None) -> SandboxState:
         path = directory / "sandbox.json"
         if path.exists():
             doc = json.loads(path.read_text())
-            return cls(doc["ports"], doc["password"], doc["token"])
-        st = cls(
-            ports={name: free_port() for name in (*CELLS, "topology-db", "topology")},
-            password=secrets.token_urlsafe(12),
-            token=secrets.token_urlsafe(24),
-        )
+            st = cls(doc["ports"], doc["password"], doc["token"])
+        else:
+            st = cls(
+                ports={name: free_port() for name in (*CELLS, "topology-db", "topology")},
+                password=secrets.token_urlsafe(12),
+                token=secrets.token_urlsafe(24),
+            )
+        for number in range(1, (cells or 0) + 1):
+            st.ports.setdefault(f"cell-{number}", free_port())
         directory.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"ports": st.ports, "password": st.password, "token": st.token}))
         os.chmod(path, 0o600)
@@ -65,13 +76,17 @@ class Sandbox:
 
     def clusters(self) -> dict[str, LocalCluster]:
         st = self._state()
-        result = {name: LocalCluster(self.dir / name, st.ports[name], st.password) for name in CELLS}
+        result = {name: LocalCluster(self.dir / name, st.ports[name], st.password) for name in st.cells}
         result["topology-db"] = LocalCluster(self.dir / "topology-db", st.ports["topology-db"], st.password)
         return result
 
+    @property
+    def cell_names(self) -> tuple[str, ...]:
+        return self._state().cells
+
     def cell_dsns(self) -> dict[str, str]:
         cl = self.clusters()
-        return {name: cl[name].dsn(CELL_DB) for name in CELLS}
+        return {name: cl[name].dsn(CELL_DB) for name in self.cell_names}
 
     def topology_dsn(self) -> str:
         return self.clusters()["topology-db"].dsn(TOPOLOGY_DB)
@@ -86,12 +101,16 @@ class Sandbox:
 
     # --- up ------------------------------------------------------------------------------------
 
-    def up(self) -> dict[str, Any]:
+    def up(self, cells: int | None = None) -> dict[str, Any]:
+        """Start (or add) the Cells and the Topology Service. ``cells``: at least this many Cells."""
+        if cells is not None and not 2 <= cells <= MAX_CELLS:
+            raise BadInput(f"--cells {cells} is out of range", fix=f"use 2 to {MAX_CELLS} Cells")
         self.dir.mkdir(parents=True, exist_ok=True)
+        SandboxState.load_or_create(self.dir, cells)
         clusters = self.clusters()
         for cluster in clusters.values():
             cluster.start()
-        for name in CELLS:
+        for name in self.cell_names:
             _ensure_database(clusters[name].dsn("postgres"), CELL_DB)
             with psycopg.connect(clusters[name].dsn(CELL_DB), autocommit=True) as conn:
                 state.install_cell_schema(conn)
@@ -106,7 +125,12 @@ class Sandbox:
         for name, dsn in self.cell_dsns().items():
             lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
         lines += ["[topology]", f'url = "{self.topology_url}"', f'token = "{self.token}"', ""]
-        lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"', ""]
+        lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"']
+        # The fixture's sharding rules, when run from a checkout: rebalance workers plan with them.
+        rules = Path(__file__).resolve().parents[2] / "plans" / "gitlab.rules.yaml"
+        lines += [f'rules = "{rules}"', ""] if rules.exists() else [""]
+        # The rebalancer's queue lives in the Topology Service's database.
+        lines += ["[rebalance]", f'queue_dsn = "{self.topology_dsn()}"', ""]
         self.config_path.write_text("\n".join(lines))
         os.chmod(self.config_path, 0o600)
 
@@ -150,18 +174,18 @@ class Sandbox:
 
         clusters = self.clusters()
         with TopologyClient(self.topology_url, self.token) as client:
-            for number, name in enumerate(CELLS, 1):
+            for number, name in enumerate(self.cell_names, 1):
                 # Each cell allocates ids from its own range (the seed: cell N starts at N * 10^12).
                 client.register_cell(name, f"127.0.0.1:{clusters[name].port}",
                                      sequence_start=number * 10**12, sequence_end=(number + 1) * 10**12 - 1)
 
     # --- seed ----------------------------------------------------------------------------------
 
-    def seed(self, *, orgs: int, scale: str, seed: int = 42) -> Any:
+    def seed(self, *, orgs: int, scale: str, seed: int = 42, skew: bool = False) -> Any:
         from orgmove.sandbox import seed as seeding
         from orgmove.topology.client import TopologyClient, seed_claims
 
-        report = seeding.seed(self.cell_dsns(), orgs=orgs, scale=scale, seed=seed)
+        report = seeding.seed(self.cell_dsns(), orgs=orgs, scale=scale, seed=seed, skew=skew)
         with TopologyClient(self.topology_url, self.token) as client:
             seed_claims(client, self.cell_dsns())
         return report
@@ -197,7 +221,7 @@ class Sandbox:
             "dir": str(self.dir),
             "config": str(self.config_path),
             "cells": {name: {"port": clusters[name].port, "running": clusters[name].is_running()}
-                      for name in CELLS},
+                      for name in self.cell_names},
             "topology": {"url": self.topology_url, "running": self.topology_running()},
         }
 

@@ -45,6 +45,7 @@ from orgmove.sandbox.orglayout import (
     org_home,
     org_shape,
     scale_named,
+    skewed_home,
 )
 
 APP = "orgmove-seed"
@@ -429,11 +430,12 @@ def _seed_cell(
 
 def seed(
     cell_dsns: Mapping[str, str], *, orgs: int = 3, scale: str = "small", seed: int = 42,
-    analyze: bool = True, cross_org_forks: bool = False,
+    analyze: bool = True, cross_org_forks: bool = False, skew: bool = False,
 ) -> SeedReport:
     """Seed fixture data: cluster-wide rows into every cell, each organization into its home cell.
     ``cross_org_forks``: organizations 3+ fork a project of organization 1 (merge requests across
-    organizations) instead of one of their own.
+    organizations) instead of one of their own. ``skew``: organizations are placed by
+    :func:`~orgmove.sandbox.orglayout.skewed_home` (most on the first Cell) instead of round robin.
 
     Refuses (``PreflightFailed``) when a cell already holds organizations or users. All cells are
     written in parallel and committed together once every cell succeeded.
@@ -444,7 +446,7 @@ def seed(
     if not cell_dsns:
         raise BadInput("no cells to seed", fix="configure at least one cell")
     names = sorted(cell_dsns, key=lambda n: (cell_number(n), n))
-    homes = {org: org_home(org, names) for org in range(1, orgs + 1)}
+    homes = {org: skewed_home(org, orgs, names) if skew else org_home(org, names) for org in range(1, orgs + 1)}
     started = time.perf_counter()
 
     for name in names:

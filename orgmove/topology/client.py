@@ -76,18 +76,32 @@ class TopologyClient:
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        # Several service processes on one database: ``url`` may list them, comma-separated. A
+        # request that finds one unreachable (or 502-504) is retried on the next.
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()] or [url]
+        self._active = 0
         self._deadline_s = retry_deadline_s
         self._min_wait_s = retry_min_wait_s
         self._max_wait_s = retry_max_wait_s
         self._sleep = sleep
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout_s, transport=transport
-        )
+        self._clients = [httpx.Client(base_url=u, headers=headers, timeout=timeout_s, transport=transport)
+                         for u in self.urls]
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._active]
+
+    @property
+    def _http(self) -> httpx.Client:
+        return self._clients[self._active]
+
+    def _next_url(self) -> None:
+        self._active = (self._active + 1) % len(self.urls)
 
     def close(self) -> None:
-        self._http.close()
+        for client in self._clients:
+            client.close()
 
     def __enter__(self) -> TopologyClient:
         return self
@@ -110,15 +124,20 @@ class TopologyClient:
                 params={k: v for k, v in (params or {}).items() if v is not None},
             )
         except httpx.TransportError as exc:
+            failed = self.url
+            self._next_url()
             raise TopologyUnavailable(
-                f"the Topology Service at {self.url} did not answer {method} {path}: "
+                f"the Topology Service at {failed} did not answer {method} {path}: "
                 f"{type(exc).__name__}: {exc}",
                 fix="check that the service is running (orgmove sandbox up, or "
                 "orgmove topology serve) and [topology] url in orgmove.toml",
             ) from None
         if resp.status_code < 400 or resp.status_code in allow:
             return resp
-        raise self._error(method, path, resp)
+        error = self._error(method, path, resp)
+        if resp.status_code in (502, 503, 504):
+            self._next_url()
+        raise error
 
     def _error(self, method: str, path: str, resp: httpx.Response) -> OrgmoveError:
         try:
