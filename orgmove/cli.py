@@ -121,6 +121,12 @@ def _fail(s: Session, exc: OrgmoveError) -> int:
     return exc.exit_code
 
 
+def _interrupted(s: Session) -> Interrupted:
+    where = f"orgmove status {s.plan_file}" if s.plan_file is not None else "orgmove status --org ID"
+    return Interrupted("interrupted by the operator",
+                       fix=f"rerun the same command to resume; `{where}` shows where it stopped")
+
+
 GLOBAL_VALUE_OPTIONS = ("--config", "--log-format", "--metrics-file", "--metrics-port", "--metrics-addr")
 GLOBAL_FLAGS = ("--debug",)
 
@@ -163,9 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         if code == Interrupted.exit_code:
             # Typer turns a KeyboardInterrupt (SIGINT) into a silent Exit(130) when not in
             # standalone mode: say what happened and how to go on.
-            code = _fail(s, Interrupted("interrupted by the operator",
-                                     fix="rerun the same command to resume; `orgmove status` shows "
-                                     "where it stopped"))
+            code = _fail(s, _interrupted(s))
     except typer.Exit as exc:
         code = exc.exit_code
     except SystemExit as exc:
@@ -173,8 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     except OrgmoveError as exc:
         code = _fail(s, exc)
     except KeyboardInterrupt:
-        code = _fail(s, Interrupted("interrupted by the operator",
-                                 fix="rerun the same command to resume; `orgmove status` shows where it stopped"))
+        code = _fail(s, _interrupted(s))
     except psycopg.Error as exc:  # a driver error that escaped its module's translation
         code = _fail(s, translate(exc, cell="a cell"))
     except typer.Abort:

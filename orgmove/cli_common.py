@@ -36,6 +36,11 @@ class Session:
     metrics_file: str | None = None
     metrics_port: int | None = None
     loaded_config: Config | None = field(default=None, repr=False)
+    plan_file: Path | None = None  # the plan the command works on, for hints after a failure
+
+    def load_plan(self, path: Path) -> Any:
+        self.plan_file = path
+        return load_plan(path)
 
     def config(self, required: bool = True) -> Config:
         if self.loaded_config is None:

@@ -29,7 +29,6 @@ from orgmove.cli_common import (
     YesOpt,
     confirm,
     err,
-    load_plan,
     names,
     out,
     session,
@@ -106,7 +105,7 @@ def copy(
     s = session(ctx, as_json)
 
     config = s.config()
-    the_plan = load_plan(plan_file)
+    the_plan = s.load_plan(plan_file)
     d = config.defaults
     options = CopyOptions(
         workers=workers or d.workers,
@@ -141,7 +140,7 @@ def verify(
     s = session(ctx, as_json)
 
     config = s.config()
-    the_plan = load_plan(plan_file)
+    the_plan = s.load_plan(plan_file)
     only = [t.strip() for t in tables.split(",")] if tables else None
     report = run_verify(
         the_plan, config,
@@ -161,6 +160,12 @@ def verify(
         cli_output.print_verify(report)
         if fks is not None:
             cli_output.print_foreign_keys(fks)
+        if report.equal and (fks is None or fks.clean):
+            out.print(f"next: orgmove cutover {plan_file} --dry-run")
+        else:
+            out.print(f"next: rerun `orgmove copy {plan_file}` to re-copy what differs, or let "
+                      f"`orgmove cutover {plan_file}` re-copy it under the fence; "
+                      "runbooks/04-verify-mismatch.md explains the differences")
 
     doc = {"command": "verify", **report.to_json(),
            "foreign_keys": fks.to_json() if fks is not None else None}
@@ -186,7 +191,7 @@ def cutover(
     s = session(ctx, as_json)
 
     config = s.config()
-    the_plan = load_plan(plan_file)
+    the_plan = s.load_plan(plan_file)
     if not dry_run:
         confirm(f"Cutover moves organization {the_plan.org} from {the_plan.from_cell} to "
                 f"{the_plan.to_cell}: its writes freeze until the claims flip.", yes)
@@ -196,7 +201,10 @@ def cutover(
                        workers=workers or config.defaults.workers),
         make_progress(s.progress_enabled),
     )
-    s.emit({"command": "cutover", **report.to_json()}, lambda: out.print(report.human()))
+    s.emit({"command": "cutover", **report.to_json()}, lambda: out.print(report.human(str(plan_file))))
+    if report.dry_run and report.refused:
+        # The dry run agrees with the real cutover: what it marks NO, the real one refuses (exit 2).
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -249,7 +257,7 @@ def status(
     if plan_file is None and org is None:
         raise BadInput("status needs a plan file or --org", fix="orgmove status PLAN or orgmove status --org ID")
     config = s.config()
-    the_plan = load_plan(plan_file) if plan_file else None
+    the_plan = s.load_plan(plan_file) if plan_file else None
     doc = move_status(config, plan=the_plan, org=org)
     s.emit({"command": "status", **doc}, lambda: cli_output.print_status(doc))
 
@@ -262,12 +270,19 @@ def rollback(ctx: typer.Context, plan_file: PlanArg, yes: YesOpt = False, as_jso
     """
     s = session(ctx, as_json)
     config = s.config()
-    the_plan = load_plan(plan_file)
-    confirm(f"Rollback deletes organization {the_plan.org}'s copied rows from {the_plan.to_cell}.", yes)
-    doc = run_rollback(the_plan, config)
-    s.emit({"command": "rollback", **doc}, lambda: out.print(
-        f"rolled back {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from {the_plan.to_cell}; "
-        f"the organization stays on {the_plan.from_cell}, writable"))
+    the_plan = s.load_plan(plan_file)
+    doc = run_rollback(the_plan, config, str(plan_file), confirm=lambda: confirm(
+        f"Rollback deletes organization {the_plan.org}'s copied rows from {the_plan.to_cell}.", yes))
+
+    def human() -> None:
+        if doc["already_done"]:
+            out.print(f"already done: {the_plan.move_key} was rolled back earlier; the organization "
+                      f"stays on {the_plan.from_cell}, writable")
+        else:
+            out.print(f"rolled back {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from "
+                      f"{the_plan.to_cell}; the organization stays on {the_plan.from_cell}, writable")
+
+    s.emit({"command": "rollback", **doc}, human)
 
 
 @app.command()
@@ -286,8 +301,16 @@ def cleanup(
     """
     s = session(ctx, as_json)
     config = s.config()
-    the_plan = load_plan(plan_file)
-    confirm(f"Cleanup deletes organization {the_plan.org}'s rows from {the_plan.from_cell}.", yes)
-    doc = run_cleanup(the_plan, config, batch_rows=batch_rows, progress=make_progress(s.progress_enabled))
-    s.emit({"command": "cleanup", **doc}, lambda: out.print(
-        f"cleaned {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from {the_plan.from_cell}"))
+    the_plan = s.load_plan(plan_file)
+    doc = run_cleanup(the_plan, config, batch_rows=batch_rows, progress=make_progress(s.progress_enabled),
+                      confirm=lambda: confirm(f"Cleanup deletes organization {the_plan.org}'s rows from "
+                                              f"{the_plan.from_cell}.", yes))
+
+    def human() -> None:
+        if doc["already_done"]:
+            out.print(f"already done: {the_plan.move_key} was cleaned up earlier")
+        else:
+            out.print(f"cleaned {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from "
+                      f"{the_plan.from_cell}")
+
+    s.emit({"command": "cleanup", **doc}, human)

@@ -66,6 +66,11 @@ def print_copy(report: Any, plan_file: Any) -> None:
         out.print(f"would copy ~{report.rows:,} rows ({human_bytes(report.bytes)}) in "
                   f"{report.chunks_total} chunks")
         return
+    if report.already_done:
+        out.print(f"already done: the copy of {report.move_key} finished earlier ({report.chunks_total:,} "
+                  f"chunks); snapshot consistent: {report.snapshot_consistent}")
+        out.print(f"next: orgmove verify {plan_file}")
+        return
     out.print(f"copied {report.rows:,} rows ({human_bytes(report.bytes)}) in {report.seconds:.1f}s "
               f"({report.rows_per_s:,.0f} rows/s); chunks: {report.chunks_copied} copied, "
               f"{report.chunks_skipped} already done; snapshot consistent: "

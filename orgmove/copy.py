@@ -89,6 +89,7 @@ class CopyReport:
     snapshot_consistent: bool = True
     retries: int = 0
     tables: dict[str, TableCopy] = field(default_factory=dict)
+    already_done: bool = False  # a rerun of a finished copy: nothing was copied
 
     @property
     def rows_per_s(self) -> float:
@@ -113,6 +114,7 @@ class CopyReport:
             "snapshots": self.snapshots,
             "snapshot_consistent": self.snapshot_consistent,
             "retries": self.retries,
+            "already_done": self.already_done,
             "tables": [
                 {
                     "table": t.table,
@@ -537,11 +539,8 @@ def run_copy(
         if options.dry_run:
             return _dry_run(ctx, dst, options, report)
         move = state.ensure_move(dst, plan)
-        if move.state in state.AFTER_FLIP:
-            raise MoveStateError(
-                f"move {plan.move_key} is already {move.state}: the organization lives on "
-                f"{plan.to_cell}", fix="nothing to copy; `orgmove status` shows the move",
-            )
+        if _already_copied(dst, plan, move, report):
+            return report
         if move.state == state.MoveState.CUTOVER:
             raise MoveStateError(
                 f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
@@ -600,7 +599,8 @@ def run_copy(
                     _record_quietly(ctx, "copy_failed", str(exc), last_error=str(exc))
                     raise
                 except KeyboardInterrupt:
-                    _record_quietly(ctx, "copy_interrupted", "copy interrupted by the operator; rerun to resume")
+                    _record_quietly(ctx, "copy_interrupted", "copy interrupted by the operator; rerun to resume",
+                                    last_error="interrupted by the operator; rerun `orgmove copy` to resume")
                     raise
                 finally:
                     progress.finish()
@@ -618,6 +618,28 @@ def run_copy(
                 state.record_event(fresh, plan.move_key, "copy_finished", "copy finished",
                                    rows=report.rows, bytes=report.bytes, seconds=round(report.seconds, 3))
     return report
+
+
+def _already_copied(dst: psycopg.Connection[Any], plan: Plan, move: state.MoveRow, report: CopyReport) -> bool:
+    """A rerun of a finished copy (or of one whose move has flipped) is a no-op: no new snapshot is
+    exported and the move keeps the first copy's snapshot facts; the report says what is there."""
+    after_flip = move.state in state.AFTER_FLIP
+    if not after_flip and not (move.state in (state.MoveState.COPIED, state.MoveState.VERIFIED)
+                               and move.get("copy_finished_at") is not None):
+        return False
+    chunks = [c for c in state.load_chunks(dst, plan.move_key) if c.table_name in {s.table for s in plan.steps}]
+    if not after_flip and (not chunks or any(c.state != "done" for c in chunks)):
+        return False
+    report.already_done = True
+    report.snapshots = move.snapshots
+    report.snapshot_consistent = move.snapshot_consistent
+    for s in plan.steps:
+        report.tables[s.table] = TableCopy(s.table, estimated_rows=s.estimated_rows)
+    for c in chunks:
+        report.tables[c.table_name].chunks += 1
+        report.tables[c.table_name].chunks_skipped += 1
+    report.chunks_total = report.chunks_skipped = len(chunks)
+    return True
 
 
 def _pending_chunks(ctx: MoveContext, steps: dict[str, Step]) -> dict[str, list[ChunkTask]]:

@@ -77,7 +77,8 @@ def test_cutover_dry_run_changes_nothing(world: World) -> None:
     proc = _cli(world, "cutover", str(path), "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     checks = json.loads(proc.stdout)["checks"]
-    assert checks["copy complete"] and checks["lease available"] and checks["verify clean now"]
+    assert checks["copy complete"] and checks["lease available"] and checks["fits --max-freeze"]
+    assert checks["chunks the sync will re-copy"] == 0
     assert world.owner(1) == "cell-1" and world.org_state(1) == "active"
     assert world.client.moves_for_org(1) == []
     assert can_write(world.dsn("cell-1"), 1)

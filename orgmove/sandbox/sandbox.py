@@ -24,6 +24,9 @@ from orgmove.errors import EnvironmentProblem
 from orgmove.sandbox.pgcluster import LocalCluster, free_port
 
 DEFAULT_DIR = Path(".orgmove/sandbox")
+# The sharding rules of the fixture schema the sandbox is seeded with; the sandbox keeps its own
+# copy (D/rules.yaml) and names it in its config, so `plan` and `move` need no --rules there.
+SHIPPED_RULES = Path(__file__).resolve().parents[2] / "plans" / "gitlab.rules.yaml"
 CELLS = ("cell-1", "cell-2")
 CELL_DB = "gitlab"
 TOPOLOGY_DB = "topology"
@@ -59,6 +62,14 @@ class Sandbox:
     @property
     def config_path(self) -> Path:
         return self.dir / "orgmove.toml"
+
+    @property
+    def rules_path(self) -> Path:
+        return self.dir / "rules.yaml"
+
+    def _copy_rules(self) -> None:
+        if not self.rules_path.exists() and SHIPPED_RULES.exists():
+            self.rules_path.write_text(SHIPPED_RULES.read_text())
 
     def _state(self) -> SandboxState:
         return SandboxState.load_or_create(self.dir)
@@ -98,6 +109,7 @@ class Sandbox:
         _ensure_database(clusters["topology-db"].dsn("postgres"), TOPOLOGY_DB)
         self._start_topology()
         self._register_cells()
+        self._copy_rules()
         self._write_config()
         return self.describe()
 
@@ -106,7 +118,10 @@ class Sandbox:
         for name, dsn in self.cell_dsns().items():
             lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
         lines += ["[topology]", f'url = "{self.topology_url}"', f'token = "{self.token}"', ""]
-        lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"', ""]
+        lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"']
+        if self.rules_path.exists():
+            lines.append(f'rules = "{self.rules_path}"')
+        lines.append("")
         self.config_path.write_text("\n".join(lines))
         os.chmod(self.config_path, 0o600)
 
