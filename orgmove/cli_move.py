@@ -216,6 +216,10 @@ def move(
     rules: RulesOpt = None,
     workers: WorkersOpt = None,
     max_freeze: MaxFreezeOpt = None,
+    rate: RateOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", envvar="ORGMOVE_DRY_RUN", show_envvar=True,
+        help="Write the plan and show what the copy would do; change no Cell.")] = False,
     yes: YesOpt = False,
     no_replica_role: NoReplicaRoleOpt = False,
     allow_triggers: AllowTriggersOpt = None,
@@ -228,7 +232,8 @@ def move(
     s = session(ctx, as_json)
 
     config = s.config()
-    confirm(f"Move organization {org} from {from_cell} to {to_cell}.", yes)
+    if not dry_run:
+        confirm(f"Move organization {org} from {from_cell} to {to_cell}.", yes)
     summary = run_move(
         config, org, from_cell, to_cell, rules=rules or config.defaults.rules,
         workers=workers or config.defaults.workers,
@@ -236,6 +241,7 @@ def move(
         progress=make_progress(s.progress_enabled),
         say=(lambda msg: err.print(msg)) if not as_json else (lambda msg: None),
         replica_role=not no_replica_role, allowed_triggers=names(allow_triggers),
+        rate_rows_per_s=rate, dry_run=dry_run,
     )
     s.emit({"command": "move", **summary.to_json()}, lambda: out.print(summary.table()))
 

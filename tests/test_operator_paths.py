@@ -202,3 +202,47 @@ def test_interrupted_copy_records_last_error_and_the_hint_names_the_plan(world: 
     resumed = _cli(world, "copy", str(path), "--json")
     assert resumed["chunks"]["copied"] > 0
     assert org_checksums(world.dsn("cell-2"), plan) == org_checksums(world.dsn("cell-1"), plan)
+
+
+# --- 6. output for people ---------------------------------------------------------------------------
+
+
+def test_plan_verify_and_status_read_well_at_80_columns(world: World, tmp_path: Path) -> None:
+    narrow = {"COLUMNS": "80"}
+    path = tmp_path / "p.plan.json"
+    planned = _cli(world, "plan", "--org", "1", "--from", "cell-1", "--to", "cell-2", "--rules", RULES,
+                   "--out", str(path), env=narrow)
+    tables = [s["table"] for s in json.loads(path.read_text())["steps"]]
+    _cli(world, "copy", str(path))
+    verified = _cli(world, "verify", str(path), env=narrow)
+    for proc in (planned, verified):
+        table_lines = [line for line in proc.stdout.splitlines() if not line.startswith(("plan ", "next:"))]
+        assert all(len(line) <= 80 for line in table_lines), "\n".join(x for x in table_lines if len(x) > 80)
+        for name in tables:  # never split: every name stands whole on one line
+            assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", proc.stdout, re.M), (name, proc.stdout)
+    _cli(world, "cutover", str(path), "--yes")
+    status = _cli(world, "status", str(path)).stdout
+    assert "{'" not in status and not re.search(r"\d\.\d{4,}", status), status
+    assert re.search(r"^  freeze window +[\d,]+ ms$", status, re.M), status
+    assert re.search(r"^  chunks +\d[\d,]* of \d[\d,]* done$", status, re.M), status
+    events = [line for line in status.splitlines() if line.startswith("    ")]
+    assert len(events) >= 3 and any("committed" in e for e in events), status
+    assert re.search(r"^  owner +cell-2$", status, re.M), status
+
+
+# --- also: move --dry-run and --rate -------------------------------------------------------------------
+
+
+def test_move_dry_run_changes_nothing_and_rate_limits_a_real_move(world: World) -> None:
+    base = ("move", "--org", "1", "--from", "cell-1", "--to", "cell-2", "--rules", RULES)
+    dry = _cli(world, *base, "--dry-run", "--json")  # no --yes needed: nothing changes
+    assert dry["copy"]["dry_run"] is True and dry["copy"]["rows"] > 0 and dry["new_owner"] is None
+    plan = make_plan(world.cells)[0]
+    assert all(n == 0 for n, _ in org_checksums(world.dsn("cell-2"), plan).values())
+    assert world.owner(1) == "cell-1" and world.client.moves_for_org(1) == []
+    assert "dry run: move" in _cli(world, *base, "--dry-run").stdout
+    rate = max(1, dry["copy"]["rows"] // 2)  # about two seconds of copying
+    moved = _cli(world, *base, "--rate", str(rate), "--yes", "--json")
+    assert moved["new_owner"] == "cell-2" and world.owner(1) == "cell-2"
+    assert moved["copy"]["seconds"] >= 0.9 * moved["rows"] / rate
+    assert org_checksums(world.dsn("cell-2"), plan) == org_checksums(world.dsn("cell-1"), plan)
