@@ -75,6 +75,10 @@ def main_callback(
     metrics_addr: Annotated[str, typer.Option(
         "--metrics-addr", envvar="ORGMOVE_METRICS_ADDR", show_envvar=True,
         help="Address the metrics endpoint listens on (0.0.0.0 in a container).")] = "127.0.0.1",
+    progress_every: Annotated[float, typer.Option(
+        "--progress-every", envvar="ORGMOVE_PROGRESS_EVERY", show_envvar=True, min=0.1,
+        help="Without a terminal, log one progress line (rows, rate, percent, ETA) this often, "
+             "in seconds.")] = 10.0,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version.")] = False,
 ) -> None:
@@ -88,6 +92,7 @@ def main_callback(
     s.log_format = log_format
     s.metrics_file = metrics_file
     s.metrics_port = metrics_port
+    s.progress_every_s = progress_every
     setup_logging(fmt=log_format, debug=debug)
     if metrics_port:
         # In the function: the HTTP exporter is only needed with --metrics-port.
@@ -127,7 +132,8 @@ def _interrupted(s: Session) -> Interrupted:
                        fix=f"rerun the same command to resume; `{where}` shows where it stopped")
 
 
-GLOBAL_VALUE_OPTIONS = ("--config", "--log-format", "--metrics-file", "--metrics-port", "--metrics-addr")
+GLOBAL_VALUE_OPTIONS = ("--config", "--log-format", "--metrics-file", "--metrics-port", "--metrics-addr",
+                        "--progress-every")
 GLOBAL_FLAGS = ("--debug",)
 
 

@@ -38,7 +38,6 @@ from orgmove.cutover import CutoverOptions, run_cutover
 from orgmove.errors import BadInput
 from orgmove.movectx import MoveContext
 from orgmove.movejob import owner_lookup, run_move
-from orgmove.obs import make_progress
 from orgmove.plan import default_plan_path, write_plan
 from orgmove.status import move_status
 from orgmove.teardown import run_cleanup, run_rollback
@@ -114,7 +113,7 @@ def copy(
         max_replica_lag_s=config.replica_lag_threshold(the_plan.to_cell),
         dry_run=dry_run,
     )
-    report = run_copy(the_plan, config, options, make_progress(s.progress_enabled))
+    report = run_copy(the_plan, config, options, s.progress())
     s.emit({"command": "copy", **report.to_json()}, lambda: cli_output.print_copy(report, plan_file))
 
 
@@ -145,7 +144,7 @@ def verify(
     report = run_verify(
         the_plan, config,
         VerifyOptions(workers=workers or config.defaults.workers, tables=only, max_examples=examples),
-        make_progress(s.progress_enabled),
+        s.progress(),
     )
 
     fks = None
@@ -199,7 +198,7 @@ def cutover(
         the_plan, config,
         CutoverOptions(dry_run=dry_run, max_freeze_s=max_freeze or config.defaults.max_freeze_s,
                        workers=workers or config.defaults.workers),
-        make_progress(s.progress_enabled),
+        s.progress(),
     )
     s.emit({"command": "cutover", **report.to_json()}, lambda: out.print(report.human(str(plan_file))))
     if report.dry_run and report.refused:
@@ -238,7 +237,7 @@ def move(
         config, org, from_cell, to_cell, rules=rules or config.defaults.rules,
         workers=workers or config.defaults.workers,
         max_freeze_s=max_freeze or config.defaults.max_freeze_s,
-        progress=make_progress(s.progress_enabled),
+        progress=s.progress(),
         say=(lambda msg: err.print(msg)) if not as_json else (lambda msg: None),
         replica_role=not no_replica_role, allowed_triggers=names(allow_triggers),
         rate_rows_per_s=rate, dry_run=dry_run,
@@ -308,7 +307,7 @@ def cleanup(
     s = session(ctx, as_json)
     config = s.config()
     the_plan = s.load_plan(plan_file)
-    doc = run_cleanup(the_plan, config, batch_rows=batch_rows, progress=make_progress(s.progress_enabled),
+    doc = run_cleanup(the_plan, config, batch_rows=batch_rows, progress=s.progress(),
                       confirm=lambda: confirm(f"Cleanup deletes organization {the_plan.org}'s rows from "
                                               f"{the_plan.from_cell}.", yes))
 

@@ -498,9 +498,9 @@ class CopyRun:
                     self.report.rows += rows
                     self.report.bytes += nbytes
                     self.report.chunks_copied += 1
-                    METRICS.rows_copied.labels(task.step.table).inc(rows)
-                    METRICS.bytes_copied.labels(task.step.table).inc(nbytes)
-                    METRICS.chunks_done.inc()
+                    METRICS.rows_copied.labels(self.ctx.plan.move_key, task.step.table).inc(rows)
+                    METRICS.bytes_copied.labels(self.ctx.plan.move_key, task.step.table).inc(nbytes)
+                    METRICS.chunks_done.labels(self.ctx.plan.move_key).inc()
                     self.progress.advance(task.step.table, rows, nbytes)
                     await self.rate.account(rows)
                 await scheduler.done(task)
@@ -580,6 +580,9 @@ def run_copy(
                         report.chunks_skipped += 1
                     else:
                         pending[c.table_name].append(ChunkTask(steps[c.table_name], c.chunk_no, c.range))
+                for s in plan.steps:  # the totals, so that a scrape can tell the share done
+                    METRICS.rows_planned.labels(plan.move_key, s.table).set(s.estimated_rows)
+                METRICS.chunks_planned.labels(plan.move_key).set(report.chunks_total)
                 progress.start("copy", {s.table: s.estimated_rows for s in plan.steps},
                                sum(s.estimated_bytes for s in plan.steps))
                 run = CopyRun(ctx, options, holder, report, progress)
