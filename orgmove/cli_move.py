@@ -24,6 +24,7 @@ from orgmove.cli_common import (
     PlanArg,
     RateOpt,
     RulesOpt,
+    Session,
     ToOpt,
     WorkersOpt,
     YesOpt,
@@ -35,11 +36,11 @@ from orgmove.cli_common import (
 )
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.cutover import CutoverOptions, run_cutover
-from orgmove.errors import BadInput
+from orgmove.errors import BadInput, PlanError
 from orgmove.movectx import MoveContext
 from orgmove.movejob import owner_lookup, run_move
-from orgmove.plan import default_plan_path, write_plan
-from orgmove.status import move_status
+from orgmove.plan import default_plan_path, read_plan, write_plan
+from orgmove.status import move_status, plan_in_use
 from orgmove.teardown import run_cleanup, run_rollback
 from orgmove.verify import VerifyOptions, run_verify
 
@@ -73,6 +74,9 @@ def plan(
     if suggest_rules:
         typer.echo(planner.suggest_rules(config, org, from_cell, to_cell, rules), nl=False)
         return
+    path = out_path or default_plan_path(config.defaults.plans_dir, org, from_cell, to_cell)
+    if _rerun_of_a_plan_in_use(s, path, org, from_cell, to_cell):
+        return
     owner_of = owner_lookup(config)
     the_plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=owner_of,
                                  replica_role=not no_replica_role,
@@ -81,8 +85,33 @@ def plan(
     write_plan(the_plan, path)
     s.emit({"command": "plan", "plan_file": str(path), "move": the_plan.move_key,
             "plan": json.loads(the_plan.to_json()),
-            "ownership_checked": owner_of is not None},
+            "ownership_checked": owner_of is not None, "already_done": False},
            lambda: cli_output.print_plan(the_plan, path, owner_of is not None))
+
+
+def _rerun_of_a_plan_in_use(s: Session, path: Path, org: str, from_cell: str, to_cell: str) -> bool:
+    """`plan` while its move is under way (or done): the plan file is the move's, and its copied
+    rows on the target are no conflict; keep the file and report it (exit 0)."""
+    if not path.exists():
+        return False
+    try:
+        existing = read_plan(path)
+    except PlanError:
+        return False
+    if (str(existing.org), existing.from_cell, existing.to_cell) != (org, from_cell, to_cell):
+        return False
+    move_state = plan_in_use(s.config(), existing)
+    if move_state is None:
+        return False
+
+    def human() -> None:
+        out.print(f"already done: {path} is the plan of move {existing.move_key} (state {move_state}); "
+                  "it was kept unchanged")
+        out.print(f"next: orgmove status {path}")
+
+    s.emit({"command": "plan", "plan_file": str(path), "move": existing.move_key,
+            "plan": json.loads(existing.to_json()), "ownership_checked": False, "already_done": True}, human)
+    return True
 
 
 @app.command()

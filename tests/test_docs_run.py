@@ -19,7 +19,7 @@ from orgmove.config import load_config
 from tests.docrun import parse
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a sandbox, 3 seeds, 11 scripts
 
 
 def _workdir(base: Path) -> Path:

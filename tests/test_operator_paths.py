@@ -246,3 +246,19 @@ def test_move_dry_run_changes_nothing_and_rate_limits_a_real_move(world: World) 
     assert moved["new_owner"] == "cell-2" and world.owner(1) == "cell-2"
     assert moved["copy"]["seconds"] >= 0.9 * moved["rows"] / rate
     assert org_checksums(world.dsn("cell-2"), plan) == org_checksums(world.dsn("cell-1"), plan)
+
+
+def test_plan_during_a_move_is_already_done_and_keeps_the_plan(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "p.plan.json"
+    args = ("plan", "--org", "1", "--from", "cell-1", "--to", "cell-2", "--rules", RULES, "--out", str(path))
+    first = _cli(world, *args, "--json")
+    _cli(world, "copy", str(path))
+    written = path.read_bytes()
+    again = _cli(world, *args, "--json")  # the copied rows on cell-2 are the move's own: no conflict
+    assert first["already_done"] is False and again["already_done"] is True
+    assert set(again) == set(first) and again["plan"]["checksum"] == first["plan"]["checksum"]
+    assert path.read_bytes() == written
+    human = _cli(world, *args)
+    assert "already done" in human.stdout and f"next: orgmove status {path}" in human.stdout
+    _cli(world, "cutover", str(path), "--yes")
+    assert world.owner(1) == "cell-2"
