@@ -40,9 +40,10 @@ from orgmove.errors import BadInput, PlanError
 from orgmove.movectx import MoveContext
 from orgmove.movejob import owner_lookup, run_move
 from orgmove.plan import default_plan_path, read_plan, write_plan
+from orgmove.state import AFTER_FLIP
 from orgmove.status import move_status, plan_in_use
 from orgmove.teardown import run_cleanup, run_rollback
-from orgmove.verify import VerifyOptions, run_verify
+from orgmove.verify import VerifyOptions, VerifyReport, run_verify
 
 app = typer.Typer()
 
@@ -169,6 +170,15 @@ def verify(
 
     config = s.config()
     the_plan = s.load_plan(plan_file)
+    move_state = plan_in_use(config, the_plan)
+    if move_state in AFTER_FLIP:
+        # After the flip the target takes new writes and cleanup empties the source: a compare
+        # means nothing any more. The cutover's final verify, under the fence, is the record.
+        s.emit({"command": "verify", **VerifyReport(the_plan.move_key).to_json(), "foreign_keys": None,
+                "already_done": True}, lambda: out.print(
+            f"already done: move {the_plan.move_key} is {move_state}; the cutover verified it under the "
+            f"fence before the flip\nnext: orgmove status {plan_file}"))
+        return
     only = [t.strip() for t in tables.split(",")] if tables else None
     report = run_verify(
         the_plan, config,
@@ -196,7 +206,7 @@ def verify(
                       "runbooks/04-verify-mismatch.md explains the differences")
 
     doc = {"command": "verify", **report.to_json(),
-           "foreign_keys": fks.to_json() if fks is not None else None}
+           "foreign_keys": fks.to_json() if fks is not None else None, "already_done": False}
     s.emit(doc, human)
     if not report.equal or (fks is not None and not fks.clean):
         raise typer.Exit(3)

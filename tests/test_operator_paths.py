@@ -105,6 +105,8 @@ def test_reruns_after_the_flip_are_already_done_with_the_same_json(world: World)
     assert cut_again["new_owner"] == "cell-2" and cut_again["topology_move_id"] == cut["topology_move_id"]
     assert set(cut_again) == set(cut)
     assert "already done" in _cli(world, "cutover", str(path), "--yes").stdout
+    verify_again = _cli(world, "verify", str(path), "--json")
+    assert verify_again["already_done"] is True and verify_again["equal"] is True
     copy_again = _cli(world, "copy", str(path), "--json")
     assert copy_again["already_done"] is True and copy_again["rows"] == 0
     clean = _cli(world, "cleanup", str(path), "--yes", "--json")
@@ -112,6 +114,7 @@ def test_reruns_after_the_flip_are_already_done_with_the_same_json(world: World)
     assert clean["rows_deleted"] > 0 and clean["already_done"] is False
     assert clean_again["already_done"] is True and clean_again["rows_deleted"] == 0
     assert set(clean_again) == set(clean)
+    assert _cli(world, "verify", str(path), "--json")["already_done"] is True  # not a mismatch after cleanup
     assert world.owner(1) == "cell-2"
     assert all(n == 0 for n, _ in org_checksums(world.dsn("cell-1"), plan).values())
 
