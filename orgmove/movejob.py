@@ -66,7 +66,9 @@ class MoveSummary:
         t.add_row("copy time", f"{self.copy.seconds:.2f} s")
         t.add_row("verify time", f"{self.verify.seconds:.2f} s")
         t.add_row("verify", "equal" if self.verify.equal else "MISMATCH")
-        t.add_row("freeze window", f"{(self.cutover.freeze_window_s or 0):.3f} s")
+        estimated = self.cutover.estimated_freeze_s
+        t.add_row("freeze window", f"{(self.cutover.freeze_window_s or 0) * 1000:,.0f} ms"
+                  + ("" if estimated is None else f" (estimated {estimated * 1000:,.0f} ms)"))
         t.add_row("new owner", str(self.cutover.new_owner))
         return t
 
