@@ -209,7 +209,7 @@ def test_rollback_after_commit_is_refused(world: World) -> None:
     run_cutover(plan, world.config, CutoverOptions())
     proc = _cli(world, "rollback", str(path), "--yes")
     assert proc.returncode == 2
-    assert "move back is a new move" in proc.stderr
+    assert "moving it back is two steps" in proc.stderr and "orgmove cleanup" in proc.stderr
 
 
 def test_cleanup_before_commit_is_refused(world: World) -> None:
