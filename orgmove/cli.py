@@ -76,6 +76,10 @@ def main_callback(
     metrics_addr: Annotated[str, typer.Option(
         "--metrics-addr", envvar="ORGMOVE_METRICS_ADDR", show_envvar=True,
         help="Address the metrics endpoint listens on (0.0.0.0 in a container).")] = "127.0.0.1",
+    progress_every: Annotated[float, typer.Option(
+        "--progress-every", envvar="ORGMOVE_PROGRESS_EVERY", show_envvar=True, min=0.1,
+        help="Without a terminal, log one progress line (rows, rate, percent, ETA) this often, "
+             "in seconds.")] = 10.0,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version.")] = False,
 ) -> None:
@@ -89,6 +93,7 @@ def main_callback(
     s.log_format = log_format
     s.metrics_file = metrics_file
     s.metrics_port = metrics_port
+    s.progress_every_s = progress_every
     setup_logging(fmt=log_format, debug=debug)
     if metrics_port:
         # In the function: the HTTP exporter is only needed with --metrics-port.
@@ -122,7 +127,14 @@ def _fail(s: Session, exc: OrgmoveError) -> int:
     return exc.exit_code
 
 
-GLOBAL_VALUE_OPTIONS = ("--config", "--log-format", "--metrics-file", "--metrics-port", "--metrics-addr")
+def _interrupted(s: Session) -> Interrupted:
+    where = f"orgmove status {s.plan_file}" if s.plan_file is not None else "orgmove status --org ID"
+    return Interrupted("interrupted by the operator",
+                       fix=f"rerun the same command to resume; `{where}` shows where it stopped")
+
+
+GLOBAL_VALUE_OPTIONS = ("--config", "--log-format", "--metrics-file", "--metrics-port", "--metrics-addr",
+                        "--progress-every")
 GLOBAL_FLAGS = ("--debug",)
 
 
@@ -164,9 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         if code == Interrupted.exit_code:
             # Typer turns a KeyboardInterrupt (SIGINT) into a silent Exit(130) when not in
             # standalone mode: say what happened and how to go on.
-            code = _fail(s, Interrupted("interrupted by the operator",
-                                     fix="rerun the same command to resume; `orgmove status` shows "
-                                     "where it stopped"))
+            code = _fail(s, _interrupted(s))
     except typer.Exit as exc:
         code = exc.exit_code
     except SystemExit as exc:
@@ -174,8 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     except OrgmoveError as exc:
         code = _fail(s, exc)
     except KeyboardInterrupt:
-        code = _fail(s, Interrupted("interrupted by the operator",
-                                 fix="rerun the same command to resume; `orgmove status` shows where it stopped"))
+        code = _fail(s, _interrupted(s))
     except psycopg.Error as exc:  # a driver error that escaped its module's translation
         code = _fail(s, translate(exc, cell="a cell"))
     except typer.Abort:

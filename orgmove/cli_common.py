@@ -19,7 +19,7 @@ from rich.console import Console
 
 from orgmove.config import Config, load_config
 from orgmove.errors import BadInput
-from orgmove.obs import add_secrets
+from orgmove.obs import ProgressSink, add_secrets, make_progress
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -36,6 +36,15 @@ class Session:
     metrics_file: str | None = None
     metrics_port: int | None = None
     loaded_config: Config | None = field(default=None, repr=False)
+    plan_file: Path | None = None  # the plan the command works on, for hints after a failure
+    progress_every_s: float = 10.0
+
+    def progress(self) -> ProgressSink:
+        return make_progress(self.progress_enabled, self.progress_every_s)
+
+    def load_plan(self, path: Path) -> Any:
+        self.plan_file = path
+        return load_plan(path)
 
     def config(self, required: bool = True) -> Config:
         if self.loaded_config is None:
@@ -48,6 +57,7 @@ class Session:
 
     @property
     def progress_enabled(self) -> bool:
+        """A progress bar only for people: with --json, progress goes to stderr as log lines."""
         return not self.json
 
     def emit(self, doc: dict[str, Any], human: Callable[[], None] | None = None) -> None:

@@ -24,26 +24,26 @@ from orgmove.cli_common import (
     PlanArg,
     RateOpt,
     RulesOpt,
+    Session,
     ToOpt,
     WorkersOpt,
     YesOpt,
     confirm,
     err,
-    load_plan,
     names,
     out,
     session,
 )
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.cutover import CutoverOptions, run_cutover
-from orgmove.errors import BadInput
+from orgmove.errors import BadInput, PlanError
 from orgmove.movectx import MoveContext
 from orgmove.movejob import owner_lookup, run_move
-from orgmove.obs import make_progress
-from orgmove.plan import default_plan_path, write_plan
-from orgmove.status import move_status
+from orgmove.plan import default_plan_path, read_plan, write_plan
+from orgmove.state import AFTER_FLIP
+from orgmove.status import move_status, plan_in_use
 from orgmove.teardown import run_cleanup, run_rollback
-from orgmove.verify import VerifyOptions, run_verify
+from orgmove.verify import VerifyOptions, VerifyReport, run_verify
 
 app = typer.Typer()
 
@@ -75,6 +75,9 @@ def plan(
     if suggest_rules:
         typer.echo(planner.suggest_rules(config, org, from_cell, to_cell, rules), nl=False)
         return
+    path = out_path or default_plan_path(config.defaults.plans_dir, org, from_cell, to_cell)
+    if _rerun_of_a_plan_in_use(s, path, org, from_cell, to_cell):
+        return
     owner_of = owner_lookup(config)
     the_plan = planner.make_plan(config, org, from_cell, to_cell, rules, owner_of=owner_of,
                                  replica_role=not no_replica_role,
@@ -83,8 +86,33 @@ def plan(
     write_plan(the_plan, path)
     s.emit({"command": "plan", "plan_file": str(path), "move": the_plan.move_key,
             "plan": json.loads(the_plan.to_json()),
-            "ownership_checked": owner_of is not None},
+            "ownership_checked": owner_of is not None, "already_done": False},
            lambda: cli_output.print_plan(the_plan, path, owner_of is not None))
+
+
+def _rerun_of_a_plan_in_use(s: Session, path: Path, org: str, from_cell: str, to_cell: str) -> bool:
+    """`plan` while its move is under way (or done): the plan file is the move's, and its copied
+    rows on the target are no conflict; keep the file and report it (exit 0)."""
+    if not path.exists():
+        return False
+    try:
+        existing = read_plan(path)
+    except PlanError:
+        return False
+    if (str(existing.org), existing.from_cell, existing.to_cell) != (org, from_cell, to_cell):
+        return False
+    move_state = plan_in_use(s.config(), existing)
+    if move_state is None:
+        return False
+
+    def human() -> None:
+        out.print(f"already done: {path} is the plan of move {existing.move_key} (state {move_state}); "
+                  "it was kept unchanged")
+        out.print(f"next: orgmove status {path}")
+
+    s.emit({"command": "plan", "plan_file": str(path), "move": existing.move_key,
+            "plan": json.loads(existing.to_json()), "ownership_checked": False, "already_done": True}, human)
+    return True
 
 
 @app.command()
@@ -106,7 +134,7 @@ def copy(
     s = session(ctx, as_json)
 
     config = s.config()
-    the_plan = load_plan(plan_file)
+    the_plan = s.load_plan(plan_file)
     d = config.defaults
     options = CopyOptions(
         workers=workers or d.workers,
@@ -115,7 +143,7 @@ def copy(
         max_replica_lag_s=config.replica_lag_threshold(the_plan.to_cell),
         dry_run=dry_run,
     )
-    report = run_copy(the_plan, config, options, make_progress(s.progress_enabled))
+    report = run_copy(the_plan, config, options, s.progress())
     s.emit({"command": "copy", **report.to_json()}, lambda: cli_output.print_copy(report, plan_file))
 
 
@@ -141,12 +169,21 @@ def verify(
     s = session(ctx, as_json)
 
     config = s.config()
-    the_plan = load_plan(plan_file)
+    the_plan = s.load_plan(plan_file)
+    move_state = plan_in_use(config, the_plan)
+    if move_state in AFTER_FLIP:
+        # After the flip the target takes new writes and cleanup empties the source: a compare
+        # means nothing any more. The cutover's final verify, under the fence, is the record.
+        s.emit({"command": "verify", **VerifyReport(the_plan.move_key).to_json(), "foreign_keys": None,
+                "already_done": True}, lambda: out.print(
+            f"already done: move {the_plan.move_key} is {move_state}; the cutover verified it under the "
+            f"fence before the flip\nnext: orgmove status {plan_file}"))
+        return
     only = [t.strip() for t in tables.split(",")] if tables else None
     report = run_verify(
         the_plan, config,
         VerifyOptions(workers=workers or config.defaults.workers, tables=only, max_examples=examples),
-        make_progress(s.progress_enabled),
+        s.progress(),
     )
 
     fks = None
@@ -161,9 +198,15 @@ def verify(
         cli_output.print_verify(report)
         if fks is not None:
             cli_output.print_foreign_keys(fks)
+        if report.equal and (fks is None or fks.clean):
+            out.print(f"next: orgmove cutover {plan_file} --dry-run")
+        else:
+            out.print(f"next: rerun `orgmove copy {plan_file}` to re-copy what differs, or let "
+                      f"`orgmove cutover {plan_file}` re-copy it under the fence; "
+                      "runbooks/04-verify-mismatch.md explains the differences")
 
     doc = {"command": "verify", **report.to_json(),
-           "foreign_keys": fks.to_json() if fks is not None else None}
+           "foreign_keys": fks.to_json() if fks is not None else None, "already_done": False}
     s.emit(doc, human)
     if not report.equal or (fks is not None and not fks.clean):
         raise typer.Exit(3)
@@ -186,7 +229,7 @@ def cutover(
     s = session(ctx, as_json)
 
     config = s.config()
-    the_plan = load_plan(plan_file)
+    the_plan = s.load_plan(plan_file)
     if not dry_run:
         confirm(f"Cutover moves organization {the_plan.org} from {the_plan.from_cell} to "
                 f"{the_plan.to_cell}: its writes freeze until the claims flip.", yes)
@@ -194,9 +237,12 @@ def cutover(
         the_plan, config,
         CutoverOptions(dry_run=dry_run, max_freeze_s=max_freeze or config.defaults.max_freeze_s,
                        workers=workers or config.defaults.workers),
-        make_progress(s.progress_enabled),
+        s.progress(),
     )
-    s.emit({"command": "cutover", **report.to_json()}, lambda: out.print(report.human()))
+    s.emit({"command": "cutover", **report.to_json()}, lambda: out.print(report.human(str(plan_file))))
+    if report.dry_run and report.refused:
+        # The dry run agrees with the real cutover: what it marks NO, the real one refuses (exit 2).
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -208,6 +254,10 @@ def move(
     rules: RulesOpt = None,
     workers: WorkersOpt = None,
     max_freeze: MaxFreezeOpt = None,
+    rate: RateOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", envvar="ORGMOVE_DRY_RUN", show_envvar=True,
+        help="Write the plan and show what the copy would do; change no Cell.")] = False,
     yes: YesOpt = False,
     no_replica_role: NoReplicaRoleOpt = False,
     allow_triggers: AllowTriggersOpt = None,
@@ -220,14 +270,16 @@ def move(
     s = session(ctx, as_json)
 
     config = s.config()
-    confirm(f"Move organization {org} from {from_cell} to {to_cell}.", yes)
+    if not dry_run:
+        confirm(f"Move organization {org} from {from_cell} to {to_cell}.", yes)
     summary = run_move(
         config, org, from_cell, to_cell, rules=rules or config.defaults.rules,
         workers=workers or config.defaults.workers,
         max_freeze_s=max_freeze or config.defaults.max_freeze_s,
-        progress=make_progress(s.progress_enabled),
+        progress=s.progress(),
         say=(lambda msg: err.print(msg)) if not as_json else (lambda msg: None),
         replica_role=not no_replica_role, allowed_triggers=names(allow_triggers),
+        rate_rows_per_s=rate, dry_run=dry_run,
     )
     s.emit({"command": "move", **summary.to_json()}, lambda: out.print(summary.table()))
 
@@ -249,7 +301,7 @@ def status(
     if plan_file is None and org is None:
         raise BadInput("status needs a plan file or --org", fix="orgmove status PLAN or orgmove status --org ID")
     config = s.config()
-    the_plan = load_plan(plan_file) if plan_file else None
+    the_plan = s.load_plan(plan_file) if plan_file else None
     doc = move_status(config, plan=the_plan, org=org)
     s.emit({"command": "status", **doc}, lambda: cli_output.print_status(doc))
 
@@ -262,12 +314,19 @@ def rollback(ctx: typer.Context, plan_file: PlanArg, yes: YesOpt = False, as_jso
     """
     s = session(ctx, as_json)
     config = s.config()
-    the_plan = load_plan(plan_file)
-    confirm(f"Rollback deletes organization {the_plan.org}'s copied rows from {the_plan.to_cell}.", yes)
-    doc = run_rollback(the_plan, config)
-    s.emit({"command": "rollback", **doc}, lambda: out.print(
-        f"rolled back {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from {the_plan.to_cell}; "
-        f"the organization stays on {the_plan.from_cell}, writable"))
+    the_plan = s.load_plan(plan_file)
+    doc = run_rollback(the_plan, config, str(plan_file), confirm=lambda: confirm(
+        f"Rollback deletes organization {the_plan.org}'s copied rows from {the_plan.to_cell}.", yes))
+
+    def human() -> None:
+        if doc["already_done"]:
+            out.print(f"already done: {the_plan.move_key} was rolled back earlier; the organization "
+                      f"stays on {the_plan.from_cell}, writable")
+        else:
+            out.print(f"rolled back {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from "
+                      f"{the_plan.to_cell}; the organization stays on {the_plan.from_cell}, writable")
+
+    s.emit({"command": "rollback", **doc}, human)
 
 
 @app.command()
@@ -286,8 +345,16 @@ def cleanup(
     """
     s = session(ctx, as_json)
     config = s.config()
-    the_plan = load_plan(plan_file)
-    confirm(f"Cleanup deletes organization {the_plan.org}'s rows from {the_plan.from_cell}.", yes)
-    doc = run_cleanup(the_plan, config, batch_rows=batch_rows, progress=make_progress(s.progress_enabled))
-    s.emit({"command": "cleanup", **doc}, lambda: out.print(
-        f"cleaned {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from {the_plan.from_cell}"))
+    the_plan = s.load_plan(plan_file)
+    doc = run_cleanup(the_plan, config, batch_rows=batch_rows, progress=s.progress(),
+                      confirm=lambda: confirm(f"Cleanup deletes organization {the_plan.org}'s rows from "
+                                              f"{the_plan.from_cell}.", yes))
+
+    def human() -> None:
+        if doc["already_done"]:
+            out.print(f"already done: {the_plan.move_key} was cleaned up earlier")
+        else:
+            out.print(f"cleaned {the_plan.move_key}: {doc['rows_deleted']:,} rows deleted from "
+                      f"{the_plan.from_cell}")
+
+    s.emit({"command": "cleanup", **doc}, human)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from orgmove.cli_common import out
@@ -19,18 +20,34 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def narrow_table(names: list[str], columns: list[tuple[str, str]]) -> Table:
+    """A table for 80 columns. ``columns`` are ``(header, kind)``: kind "name" (the table names,
+    never wrapped nor cut: the column is as wide as the longest), "number" (right-aligned, never
+    wrapped) or "text" (wraps, like a filter, to whatever width is left)."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header, kind in columns:
+        if kind == "name":
+            table.add_column(header, no_wrap=True, min_width=max([len(n) for n in names] + [len(header)]))
+        elif kind == "number":
+            table.add_column(header, no_wrap=True, justify="right")
+        else:
+            table.add_column(header, overflow="fold", ratio=1)
+    return table
+
+
 def print_plan(the_plan: Any, path: Any, ownership_checked: bool) -> None:
-    table = Table(title=f"plan {the_plan.move_key} -> {path}")
-    for col in ("#", "table", "est. rows", "est. bytes", "key", "filter"):
-        table.add_column(col, overflow="fold")
+    out.print(f"plan {the_plan.move_key} -> {path}")
+    table = narrow_table([s.table for s in the_plan.steps],
+                         [("#", "number"), ("table", "name"), ("rows", "number"), ("size", "number"),
+                          ("key", "text"), ("filter", "text")])
     for i, step in enumerate(the_plan.steps, 1):
         table.add_row(str(i), step.table, f"{step.estimated_rows:,}", human_bytes(step.estimated_bytes),
-                      ",".join(step.key) or "(whole set)", step.filter_sql[:90])
+                      ", ".join(step.key) or "(whole set)", step.filter_sql)
     out.print(table)
     print_triggers(the_plan)
     out.print(f"{len(the_plan.steps)} tables to copy, "
               f"{sum(s.estimated_rows for s in the_plan.steps):,} rows estimated; "
-              f"{len(the_plan.skipped)} skipped; "
+              f"{len(the_plan.skipped)} skipped;\n"
               f"{len(the_plan.cluster_wide_refs)} cluster-wide references checked on the target.")
     if not ownership_checked:
         out.print("note: no Topology Service configured: the ownership check was skipped.")
@@ -66,6 +83,11 @@ def print_copy(report: Any, plan_file: Any) -> None:
         out.print(f"would copy ~{report.rows:,} rows ({human_bytes(report.bytes)}) in "
                   f"{report.chunks_total} chunks")
         return
+    if report.already_done:
+        out.print(f"already done: the copy of {report.move_key} finished earlier ({report.chunks_total:,} "
+                  f"chunks); snapshot consistent: {report.snapshot_consistent}")
+        out.print(f"next: orgmove verify {plan_file}")
+        return
     out.print(f"copied {report.rows:,} rows ({human_bytes(report.bytes)}) in {report.seconds:.1f}s "
               f"({report.rows_per_s:,.0f} rows/s); chunks: {report.chunks_copied} copied, "
               f"{report.chunks_skipped} already done; snapshot consistent: "
@@ -74,9 +96,9 @@ def print_copy(report: Any, plan_file: Any) -> None:
 
 
 def print_verify(report: Any) -> None:
-    table = Table(title=f"verify {report.move_key}")
-    for col in ("table", "rows source", "rows target", "chunks", "mismatched", "examples"):
-        table.add_column(col, overflow="fold")
+    out.print(f"verify {report.move_key}")
+    table = narrow_table(list(report.tables), [("table", "name"), ("source", "number"), ("target", "number"),
+                                               ("chunks", "number"), ("differ", "number"), ("examples", "text")])
     for t in report.tables.values():
         ex = "; ".join(f"{e.kind} {e.key}" for e in t.examples[:3])
         table.add_row(t.table, f"{t.source_rows:,}", f"{t.target_rows:,}", str(t.chunks),
@@ -95,8 +117,64 @@ def print_foreign_keys(fks: Any) -> None:
                   f"{', '.join(d.keys)}")
 
 
+def ms(seconds: float | None) -> str:
+    """Durations for people: milliseconds below 10 s, else seconds."""
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:,.0f} ms" if seconds < 10 else f"{seconds:,.1f} s"
+
+
+def _when(value: Any) -> str:
+    return "-" if value in (None, "") else str(value).replace("T", " ")[:19]
+
+
+def status_lines(doc: dict[str, Any]) -> list[str]:
+    """``orgmove status`` for people: one aligned section per move, then the Topology's view."""
+    lines: list[str] = []
+
+    def row(label: str, value: Any) -> None:
+        lines.append(f"  {label:<16} {value}")
+
+    if not doc["moves"]:
+        lines.append(f"no move of organization {doc['org']} is recorded on the cells")
+    for mv in doc["moves"]:
+        lines.append(f"move {mv['move']}: organization {mv['org']}, {mv['from']} -> {mv['to']}")
+        row("state", mv["state"])
+        chunks = mv.get("chunks") or {}
+        row("chunks", f"{chunks.get('done', 0):,} of {chunks.get('total', 0):,} done")
+        snapshots = mv.get("snapshots") or 0
+        consistent = ("consistent" if mv.get("snapshot_consistent")
+                      else "not consistent: the cutover's sync levels the difference")
+        row("snapshots", f"{snapshots:,} ({consistent})")
+        row("copy", f"started {_when(mv.get('copy_started_at'))}, finished {_when(mv.get('copy_finished_at'))}")
+        clean = mv.get("verify_clean")
+        verdict = "-" if clean is None else ("clean" if clean else "differences")
+        row("verify", f"{verdict}, {ms(mv.get('verify_seconds'))}, at {_when(mv.get('verified_at'))}")
+        row("fenced at", _when(mv.get("fenced_at")))
+        row("committed at", _when(mv.get("committed_at")))
+        row("freeze window", ms(mv.get("freeze_window_s")))
+        if mv.get("topology_move_id"):
+            row("topology move", f"{mv['topology_move_id']} (fencing token {mv.get('fencing_token')})")
+        row("last error", mv.get("last_error") or "none")
+        row("updated", _when(mv.get("updated_at")))
+        events = mv.get("recent_events") or []
+        row("recent events", "" if events else "none")
+        for e in events:
+            lines.append(f"    {_when(e['at'])}  {e['kind']:<16} {e['message']}")
+    lines.append(f"organization {doc['org']} in the Topology Service")
+    if doc.get("topology_error"):
+        row("error", doc["topology_error"])
+    row("owner", doc.get("owner") or "-")
+    row("state", doc.get("org_state") or "-")
+    lease = doc.get("lease")
+    row("lease", "none" if not lease else
+        f"{lease['status']} {lease['from']} -> {lease['to']}, token {lease['fencing_token']}, "
+        f"expires {_when(lease['expires_at'])}")
+    for cell, problem in (doc.get("unreachable_cells") or {}).items():
+        lines.append(f"warning: cell {cell} did not answer: {problem}")
+    return lines
+
+
 def print_status(doc: dict[str, Any]) -> None:
-    for mv in doc["moves"] or [{}]:
-        for k, v in mv.items():
-            out.print(f"{k:>20}: {v}")
-    out.print(f"{'owner':>20}: {doc.get('owner')}")
+    for line in status_lines(doc):
+        out.print(line, markup=False)

@@ -46,6 +46,8 @@ def sandbox_seed(
                                       help="Number of organizations to create.")] = 3,
     scale: Annotated[str, typer.Option("--scale", envvar="ORGMOVE_SEED_SCALE", show_envvar=True,
                                        help="tiny, small, medium or large.")] = "small",
+    reset: Annotated[bool, typer.Option("--reset", envvar="ORGMOVE_SEED_RESET", show_envvar=True,
+                                        help="Wipe the sandbox's data (Cells, claims, plans) first.")] = False,
     as_json: JsonOpt = False,
     skew: Annotated[bool, typer.Option("--skew", envvar="ORGMOVE_SEED_SKEW", show_envvar=True,
                                        help="Most organizations on the first Cell (for the rebalancer).")] = False,
@@ -56,22 +58,41 @@ def sandbox_seed(
     """
     s = session(ctx, as_json)
     box = Sandbox(directory)
+    if reset:
+        box.destroy()
     box.up()
     report = box.seed(orgs=orgs, scale=scale, skew=skew)
-    doc = report.to_json() if hasattr(report, "to_json") else report.model_dump()
-    s.emit({"command": "sandbox seed", **doc}, lambda: out.print(
-        f"seeded {doc.get('total_rows', 0):,} rows in {doc.get('seconds', 0):.1f}s "
-        f"({doc.get('rows_per_s', 0):,.0f} rows/s)"))
+    doc = report.model_dump()
+
+    def human() -> None:
+        out.print(f"seeded {doc['total_rows']:,} rows in {doc['seconds']:.1f}s "
+                  f"({doc['rows_per_s']:,.0f} rows/s)")
+        for org in doc["orgs"]:
+            out.print(f"  organization {org['id']} is on {org['cell']} ({org['rows']:,} rows)")
+        first = doc["orgs"][0]
+        other = next((c for c in box.cell_dsns() if c != first["cell"]), first["cell"])
+        out.print(f"next: orgmove plan --org {first['id']} --from {first['cell']} --to {other}")
+
+    s.emit({"command": "sandbox seed", **doc}, human)
 
 
 @sandbox_app.command("down")
-def sandbox_down(directory: DirOpt = SANDBOX_DIR) -> None:
-    """Stop the sandbox's Cells and Topology Service (data is kept).
+def sandbox_down(
+    directory: DirOpt = SANDBOX_DIR,
+    wipe: Annotated[bool, typer.Option("--wipe", envvar="ORGMOVE_SANDBOX_WIPE", show_envvar=True,
+                                       help="Also delete the sandbox directory and all its data.")] = False,
+) -> None:
+    """Stop the sandbox's Cells and Topology Service (data is kept unless --wipe).
 
     Example: orgmove sandbox down
     """
-    Sandbox(directory).down()
-    out.print("sandbox stopped")
+    box = Sandbox(directory)
+    if wipe:
+        box.destroy()
+        out.print(f"sandbox stopped and {box.dir} deleted")
+    else:
+        box.down()
+        out.print("sandbox stopped (data kept; `orgmove sandbox down --wipe` deletes it)")
 
 
 @sandbox_app.command("env")

@@ -89,6 +89,7 @@ class CopyReport:
     snapshot_consistent: bool = True
     retries: int = 0
     tables: dict[str, TableCopy] = field(default_factory=dict)
+    already_done: bool = False  # a rerun of a finished copy: nothing was copied
     # References that left the organization, written as NULL (rules: outside_references nullify)
     nullified: list[dict[str, Any]] = field(default_factory=list)
 
@@ -115,6 +116,7 @@ class CopyReport:
             "snapshots": self.snapshots,
             "snapshot_consistent": self.snapshot_consistent,
             "retries": self.retries,
+            "already_done": self.already_done,
             "nullified": self.nullified,
             "tables": [
                 {
@@ -499,9 +501,9 @@ class CopyRun:
                     self.report.rows += rows
                     self.report.bytes += nbytes
                     self.report.chunks_copied += 1
-                    METRICS.rows_copied.labels(task.step.table).inc(rows)
-                    METRICS.bytes_copied.labels(task.step.table).inc(nbytes)
-                    METRICS.chunks_done.inc()
+                    METRICS.rows_copied.labels(self.ctx.plan.move_key, task.step.table).inc(rows)
+                    METRICS.bytes_copied.labels(self.ctx.plan.move_key, task.step.table).inc(nbytes)
+                    METRICS.chunks_done.labels(self.ctx.plan.move_key).inc()
                     self.progress.advance(task.step.table, rows, nbytes)
                     await self.rate.account(rows)
                 await scheduler.done(task)
@@ -544,11 +546,8 @@ def run_copy(
         if options.dry_run:
             return _dry_run(ctx, dst, options, report)
         move = state.ensure_move(dst, plan)
-        if move.state in state.AFTER_FLIP:
-            raise MoveStateError(
-                f"move {plan.move_key} is already {move.state}: the organization lives on "
-                f"{plan.to_cell}", fix="nothing to copy; `orgmove status` shows the move",
-            )
+        if _already_copied(dst, plan, move, report):
+            return report
         if move.state == state.MoveState.CUTOVER:
             raise MoveStateError(
                 f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
@@ -588,6 +587,9 @@ def run_copy(
                         report.chunks_skipped += 1
                     else:
                         pending[c.table_name].append(ChunkTask(steps[c.table_name], c.chunk_no, c.range))
+                for s in plan.steps:  # the totals, so that a scrape can tell the share done
+                    METRICS.rows_planned.labels(plan.move_key, s.table).set(s.estimated_rows)
+                METRICS.chunks_planned.labels(plan.move_key).set(report.chunks_total)
                 progress.start("copy", {s.table: s.estimated_rows for s in plan.steps},
                                sum(s.estimated_bytes for s in plan.steps))
                 run = CopyRun(ctx, options, holder, report, progress)
@@ -607,7 +609,8 @@ def run_copy(
                     _record_quietly(ctx, "copy_failed", str(exc), last_error=str(exc))
                     raise
                 except KeyboardInterrupt:
-                    _record_quietly(ctx, "copy_interrupted", "copy interrupted by the operator; rerun to resume")
+                    _record_quietly(ctx, "copy_interrupted", "copy interrupted by the operator; rerun to resume",
+                                    last_error="interrupted by the operator; rerun `orgmove copy` to resume")
                     raise
                 finally:
                     progress.finish()
@@ -625,6 +628,28 @@ def run_copy(
                 state.record_event(fresh, plan.move_key, "copy_finished", "copy finished",
                                    rows=report.rows, bytes=report.bytes, seconds=round(report.seconds, 3))
     return report
+
+
+def _already_copied(dst: psycopg.Connection[Any], plan: Plan, move: state.MoveRow, report: CopyReport) -> bool:
+    """A rerun of a finished copy (or of one whose move has flipped) is a no-op: no new snapshot is
+    exported and the move keeps the first copy's snapshot facts; the report says what is there."""
+    after_flip = move.state in state.AFTER_FLIP
+    if not after_flip and not (move.state in (state.MoveState.COPIED, state.MoveState.VERIFIED)
+                               and move.get("copy_finished_at") is not None):
+        return False
+    chunks = [c for c in state.load_chunks(dst, plan.move_key) if c.table_name in {s.table for s in plan.steps}]
+    if not after_flip and (not chunks or any(c.state != "done" for c in chunks)):
+        return False
+    report.already_done = True
+    report.snapshots = move.snapshots
+    report.snapshot_consistent = move.snapshot_consistent
+    for s in plan.steps:
+        report.tables[s.table] = TableCopy(s.table, estimated_rows=s.estimated_rows)
+    for c in chunks:
+        report.tables[c.table_name].chunks += 1
+        report.tables[c.table_name].chunks_skipped += 1
+    report.chunks_total = report.chunks_skipped = len(chunks)
+    return True
 
 
 def _pending_chunks(ctx: MoveContext, steps: dict[str, Step]) -> dict[str, list[ChunkTask]]:

@@ -76,6 +76,13 @@ class CutoverReport:
     fencing_token: int | None = None
     checks: dict[str, Any] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    estimated_freeze_s: float | None = None
+    already_done: bool = False
+
+    @property
+    def refused(self) -> list[str]:
+        """The dry run's checks the real cutover would refuse on (each a boolean check marked NO)."""
+        return [k for k, v in self.checks.items() if v is False]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,27 +94,61 @@ class CutoverReport:
             "topology_move_id": self.topology_move_id, "fencing_token": self.fencing_token,
             "checks": self.checks,
             "steps": [{**st, "seconds": round(st["seconds"], 3)} for st in self.steps],
+            "estimated_freeze_s": None if self.estimated_freeze_s is None else round(self.estimated_freeze_s, 3),
+            "already_done": self.already_done,
         }
 
-    def human(self) -> str:
+    def human(self, plan_file: str = "PLAN") -> str:
         if self.dry_run:
             lines = [f"dry run: cutover {self.move_key} (nothing changed)"]
             mark = {True: "ok ", False: "NO "}
             lines += [f"  {mark.get(v, '   ') if isinstance(v, bool) else '   '} {k}: {v}"
                       for k, v in self.checks.items()]
+            if self.refused:
+                lines.append(f"the real cutover would refuse: {', '.join(self.refused)}")
+            else:
+                lines.append(f"next: orgmove cutover {plan_file} --yes")
             return "\n".join(lines)
-        lines = [f"cutover {self.move_key}: organization {self.org} now lives on {self.new_owner}"]
+        if self.already_done:
+            lines = [f"already done: move {self.move_key} was committed earlier; organization {self.org} "
+                     f"lives on {self.new_owner}"]
+        else:
+            lines = [f"cutover {self.move_key}: organization {self.org} now lives on {self.new_owner}"]
         for s in self.steps:
-            lines.append(f"  {s['step']:<10} {s['seconds']:>8.3f}s  {s.get('detail', '')}")
-        lines.append(f"freeze window: {self.freeze_window_s:.3f}s (fence to commit)")
-        lines.append(f"next: orgmove cleanup PLAN  (deletes the org's rows from {self.from_cell})")
+            lines.append(f"  {s['step']:<12} {s['seconds'] * 1000:>9,.0f} ms  {s.get('detail', '')}")
+        if self.freeze_window_s is not None:
+            estimated = ("" if self.estimated_freeze_s is None
+                         else f"; estimated {self.estimated_freeze_s * 1000:,.0f} ms")
+            lines.append(f"freeze window: {self.freeze_window_s * 1000:,.0f} ms (fence to commit{estimated})")
+        lines.append(f"next: orgmove cleanup {plan_file} --yes  (deletes the org's rows from {self.from_cell})")
         return "\n".join(lines)
 
 
-def freeze_estimate(full_checksum_s: float) -> float:
-    """The write freeze to expect: one full checksum round under the fence, the re-copy and
-    re-check of what writes dirtied since the pre-sync, and the fence and flip themselves."""
-    return full_checksum_s * 1.5 + 1.0
+def freeze_estimate(full_checksum_s: float, topology_call_s: float) -> float:
+    """The write freeze to expect, from measurements of this run: one full checksum round under
+    the fence (the final verify), and the Topology Service calls inside the window (fence, renew,
+    commit), each timed as one call made before the fence."""
+    return full_checksum_s + 3 * topology_call_s
+
+
+def _time_topology_call(topo: TopologyAPI, plan: Plan) -> float:
+    started = time.monotonic()
+    topo.owner_of_org(org_int(plan))
+    return time.monotonic() - started
+
+
+def _already_committed(dst: psycopg.Connection[Any], report: CutoverReport) -> bool:
+    """A rerun of a committed cutover is a no-op that reports the recorded flip."""
+    move = state.get_move(dst, report.move_key)
+    if move is None or move.state not in state.AFTER_FLIP:
+        return False
+    report.already_done = True
+    report.committed = True
+    report.new_owner = report.to_cell
+    report.freeze_window_s = move.get("freeze_window_s")
+    report.topology_move_id = move.get("topology_move_id")
+    report.fencing_token = move.get("fencing_token")
+    return True
 
 
 def topology_client(config: Config) -> TopologyAPI:
@@ -196,6 +237,8 @@ def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: Cutover
     drain_timeout = options.drain_timeout_s or config.defaults.lock_timeout_s
 
     with ctx.control("cutover") as (src, dst):
+        if _already_committed(dst, report):
+            return report
         if options.dry_run:
             previous = state.get_move(dst, plan.move_key)
             if previous is not None and previous.state == state.MoveState.CUTOVER:
@@ -209,10 +252,11 @@ def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: Cutover
         if options.dry_run:
             dirty, seconds, _ = checksum_round(ctx, all_chunks(ctx, dst), options.workers, progress,
                                                "dry run: checksums")
-            report.checks["verify clean now"] = not dirty
-            report.checks["dirty chunks now"] = len(dirty)
-            report.checks["estimated freeze s"] = round(freeze_estimate(seconds), 3)
-            report.checks["fits --max-freeze"] = report.checks["estimated freeze s"] <= options.max_freeze_s
+            # Informational, not a check: the cutover's sync re-copies dirty chunks itself.
+            report.checks["chunks the sync will re-copy"] = len(dirty)
+            report.estimated_freeze_s = freeze_estimate(seconds, _time_topology_call(topo, plan))
+            report.checks["estimated freeze s"] = round(report.estimated_freeze_s, 3)
+            report.checks["fits --max-freeze"] = report.estimated_freeze_s <= options.max_freeze_s
             report.checks["foreign keys clean now"] = fkcheck.check_foreign_keys(dst, plan).clean
             return report
 
@@ -221,12 +265,15 @@ def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: Cutover
         clean, verify_s, _ = sync_until_clean(ctx, dst, options, progress, None, report, 1000)
         report.steps.append({"step": "pre-sync", "seconds": time.monotonic() - t0,
                              "detail": f"{report.sync_rounds} rounds, {report.rows_resynced} rows"})
-        estimate = freeze_estimate(verify_s)
+        estimate = freeze_estimate(verify_s, _time_topology_call(topo, plan))
+        report.estimated_freeze_s = estimate
         if estimate > options.max_freeze_s:
-            raise CutoverAborted(
-                f"the write freeze would take about {estimate:.1f}s (a checksum pass takes "
-                f"{verify_s:.1f}s), more than --max-freeze {options.max_freeze_s:g}s; nothing was fenced",
-                fix="raise --max-freeze, add --workers, or cut over at a quieter time",
+            # A pre-flight refusal (exit 2): nothing was fenced and the organization stays writable.
+            raise PreflightFailed(
+                f"the write freeze would take about {estimate:.3f}s (a checksum pass takes "
+                f"{verify_s:.3f}s), more than --max-freeze {options.max_freeze_s:g}s; nothing was fenced",
+                fix=f"raise --max-freeze to at least {estimate * 1.2:.2f}, or add --workers when the "
+                "checksum pass dominates, or cut over at a quieter time",
             )
 
         # 1. lease

@@ -112,7 +112,23 @@ class RulesError(BadInput):
 
 
 class UnclassifiedTables(PlanError):
+    """One short paragraph (what and how to fix), then the tables one per line: the first
+    ``SHOWN`` and a count of the rest, so a schema with hundreds of new tables stays readable."""
+
     code = "unclassified_tables"
+    SHOWN = 10
+
+    def __init__(self, message: str, *, tables: list[str], fix: str = "",
+                 details: dict[str, Any] | None = None):
+        super().__init__(message, fix=fix, details=details)
+        self.tables = tables
+
+    def __str__(self) -> str:
+        lines = [super().__str__()]
+        lines += [f"  {t}" for t in self.tables[:self.SHOWN]]
+        if len(self.tables) > self.SHOWN:
+            lines.append(f"  ... and {len(self.tables) - self.SHOWN} more (all of them: --suggest-rules)")
+        return "\n".join(lines)
 
 
 class TargetConflict(PreflightFailed):

@@ -45,6 +45,16 @@ class MoveSummary:
         }
 
     def table(self) -> Table:
+        if self.copy.dry_run:
+            t = Table(title=f"dry run: move {self.copy.move_key} (plan written, nothing copied)")
+            t.add_column("what")
+            t.add_column("value", justify="right")
+            t.add_row("plan", self.plan_file)
+            t.add_row("tables", str(len(self.copy.tables)))
+            t.add_row("rows to copy (est.)", f"{self.copy.rows:,}")
+            t.add_row("bytes to copy (est.)", f"{self.copy.bytes / 1e6:,.1f} MB")
+            t.add_row("chunks", f"{self.copy.chunks_total:,}")
+            return t
         t = Table(title=f"moved {self.copy.move_key}")
         t.add_column("what")
         t.add_column("value", justify="right")
@@ -56,7 +66,9 @@ class MoveSummary:
         t.add_row("copy time", f"{self.copy.seconds:.2f} s")
         t.add_row("verify time", f"{self.verify.seconds:.2f} s")
         t.add_row("verify", "equal" if self.verify.equal else "MISMATCH")
-        t.add_row("freeze window", f"{(self.cutover.freeze_window_s or 0):.3f} s")
+        estimated = self.cutover.estimated_freeze_s
+        t.add_row("freeze window", f"{(self.cutover.freeze_window_s or 0) * 1000:,.0f} ms"
+                  + ("" if estimated is None else f" (estimated {estimated * 1000:,.0f} ms)"))
         t.add_row("new owner", str(self.cutover.new_owner))
         return t
 
@@ -88,7 +100,11 @@ def run_move(
     plan_path: Path | None = None,
     replica_role: bool = True,
     allowed_triggers: list[str] | None = None,
+    rate_rows_per_s: float | None = None,
+    dry_run: bool = False,
 ) -> MoveSummary:
+    """``dry_run``: plan (the plan file is written: it is the review), then the copy's dry run;
+    neither Cell nor the Topology Service changes, and verify and cutover are not run."""
     progress = progress or NullProgress()
     seconds: dict[str, float] = {}
     t = time.monotonic()
@@ -102,12 +118,16 @@ def run_move(
 
     t = time.monotonic()
     say("[2/4] copy")
-    copy_report = run_copy(plan, config, CopyOptions(workers=workers,
-                                                      chunk_rows=config.defaults.chunk_rows,
-                                                      rate_rows_per_s=config.defaults.rate_rows_per_s,
-                                                      max_replica_lag_s=config.replica_lag_threshold(to_cell)),
-                           progress)
+    options = CopyOptions(workers=workers, chunk_rows=config.defaults.chunk_rows,
+                          rate_rows_per_s=rate_rows_per_s or config.defaults.rate_rows_per_s,
+                          max_replica_lag_s=config.replica_lag_threshold(to_cell), dry_run=dry_run)
+    copy_report = run_copy(plan, config, options, progress)
     seconds["copy"] = time.monotonic() - t
+    if dry_run:
+        say("      dry run: verify and cutover skipped; nothing was changed")
+        return MoveSummary(str(path), copy_report, VerifyReport(plan.move_key),
+                           CutoverReport(plan.move_key, str(plan.org), from_cell, to_cell, dry_run=True),
+                           seconds)
 
     t = time.monotonic()
     say("[3/4] verify")

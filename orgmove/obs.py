@@ -177,50 +177,128 @@ class RichProgress:
         self._progress = None
 
 
-def make_progress(enabled: bool) -> ProgressSink:
+class LogProgress:
+    """Progress without a terminal (CI, cron, a job's log): one log line every ``every_s`` seconds
+    with rows, rate, percent and ETA of the phase, and one when it ends."""
+
+    def __init__(self, every_s: float = 10.0, clock: Any = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.phase = ""
+        self.total = 0
+        self.done = 0
+        self.started = 0.0
+        self.last = 0.0
+        self.active = False
+        self.lines = 0
+
+    def start(self, phase: str, tables: dict[str, int], total_bytes: int = 0) -> None:
+        self.phase, self.total, self.done = phase, max(sum(tables.values()), 0), 0
+        self.started = self.last = self.clock()
+        self.active = True
+        self.lines = 0
+
+    def line(self) -> dict[str, Any]:
+        """The facts of one progress line (pure; also used by the tests)."""
+        elapsed = max(self.clock() - self.started, 1e-9)
+        rate = self.done / elapsed
+        percent = min(100.0, 100.0 * self.done / self.total) if self.total else 100.0
+        left = max(self.total - self.done, 0)
+        eta = left / rate if rate > 0 else None
+        return {"phase": self.phase, "rows": self.done, "total": self.total, "percent": round(percent, 1),
+                "rows_per_s": round(rate, 1), "eta_s": None if eta is None else round(eta, 1)}
+
+    def _emit(self, final: bool = False) -> None:
+        f = self.line()
+        eta = "-" if f["eta_s"] is None else f"{f['eta_s']:,.0f}s"
+        log(logging.INFO, f"{f['phase']} {'done' if final else 'progress'}: {f['rows']:,} of ~{f['total']:,} rows "
+            f"({f['percent']:.0f}%), {f['rows_per_s']:,.0f} rows/s, ETA {eta}", **f)
+
+    def advance(self, table: str, rows: int, nbytes: int = 0) -> None:
+        if not self.active:
+            return
+        self.done += rows
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.lines += 1
+            self._emit()
+
+    def finish(self) -> None:
+        # A closing line only after progress lines (short phases stay quiet), and none while an
+        # error or Ctrl-C propagates (finish runs in `finally:`): the error is what to read.
+        if self.active and self.lines and sys.exc_info()[0] is None:
+            self._emit(final=True)
+        self.active = False
+
+
+def make_progress(enabled: bool, every_s: float = 10.0) -> ProgressSink:
+    """A progress bar in a terminal; log lines every ``every_s`` seconds without one (or with
+    --json: they go to stderr, never into the JSON document on stdout)."""
     if enabled and sys.stderr.isatty():
         return RichProgress()
-    return NullProgress()
+    return LogProgress(every_s)
 
 
 # --- metrics ------------------------------------------------------------------------------------
 
 
+# The one list of orgmove's metrics: (name as exposed, kind, labels, help). Counters are exposed
+# with the `_total` suffix Prometheus adds; docs/architecture.md "Observability" lists exactly
+# these names (tests/unit/test_metrics_docs.py compares them).
+METRIC_SPECS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("orgmove_rows_copied_total", "counter", ("move", "table"), "Rows copied to the target"),
+    ("orgmove_bytes_copied_total", "counter", ("move", "table"), "COPY bytes streamed to the target"),
+    ("orgmove_rows_planned", "gauge", ("move", "table"),
+     "Rows the copy expects (the plan's estimates): rows_copied_total / rows_planned is the share done"),
+    ("orgmove_chunks_done_total", "counter", ("move",), "Chunks committed"),
+    ("orgmove_chunks_planned", "gauge", ("move",), "Chunks of the copy, done or not"),
+    ("orgmove_chunks_failed_total", "counter", (), "Chunk attempts that failed"),
+    ("orgmove_retries_total", "counter", (), "Retries after transient errors"),
+    ("orgmove_verify_mismatches_total", "counter", (), "Chunks whose checksums differ"),
+    ("orgmove_freeze_window_seconds", "gauge", (), "Write freeze of the last cutover"),
+    ("orgmove_step_duration_seconds", "histogram", ("step",), "Duration of each step"),
+    # The rebalancer (orgmove/rebalance/): refreshed by every worker.
+    ("orgmove_rebalance_queue_depth", "gauge", (), "Rebalance moves queued, not started"),
+    ("orgmove_rebalance_moves_running", "gauge", (), "Rebalance moves running"),
+    ("orgmove_rebalance_bytes_moved_total", "counter", (), "Bytes copied by finished rebalance moves"),
+)
+
+
 class Metrics:
-    """Prometheus metrics of one orgmove process."""
+    """Prometheus metrics of one orgmove process, built from :data:`METRIC_SPECS`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.rows_copied = Counter(
-            "orgmove_rows_copied", "Rows copied to the target", ["table"], registry=self.registry
-        )
-        self.bytes_copied = Counter(
-            "orgmove_bytes_copied", "COPY bytes streamed to the target", ["table"], registry=self.registry
-        )
-        self.chunks_done = Counter("orgmove_chunks_done", "Chunks committed", registry=self.registry)
-        self.chunks_failed = Counter("orgmove_chunks_failed", "Chunk attempts that failed", registry=self.registry)
-        self.retries = Counter("orgmove_retries", "Retries after transient errors", registry=self.registry)
-        self.verify_mismatches = Counter(
-            "orgmove_verify_mismatches", "Chunks whose checksums differ", registry=self.registry
-        )
-        self.freeze_window = Gauge(
-            "orgmove_freeze_window_seconds", "Write freeze of the last cutover", registry=self.registry
-        )
-        self.step_seconds = Histogram(
-            "orgmove_step_duration_seconds", "Duration of each step", ["step"], registry=self.registry,
-            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
-        )
+        made: dict[str, Any] = {}
+        for name, kind, labels, text in METRIC_SPECS:
+            if kind == "counter":
+                made[name] = Counter(name.removesuffix("_total"), text, list(labels), registry=self.registry)
+            elif kind == "gauge":
+                made[name] = Gauge(name, text, list(labels), registry=self.registry)
+            else:
+                made[name] = Histogram(name, text, list(labels), registry=self.registry,
+                                       buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600))
+        self.rows_copied = made["orgmove_rows_copied_total"]
+        self.bytes_copied = made["orgmove_bytes_copied_total"]
+        self.rows_planned = made["orgmove_rows_planned"]
+        self.chunks_done = made["orgmove_chunks_done_total"]
+        self.chunks_planned = made["orgmove_chunks_planned"]
+        self.chunks_failed = made["orgmove_chunks_failed_total"]
+        self.retries = made["orgmove_retries_total"]
+        self.verify_mismatches = made["orgmove_verify_mismatches_total"]
+        self.freeze_window = made["orgmove_freeze_window_seconds"]
+        self.step_seconds = made["orgmove_step_duration_seconds"]
+        self.rebalance_queue_depth = made["orgmove_rebalance_queue_depth"]
+        self.rebalance_moves_running = made["orgmove_rebalance_moves_running"]
+        self.rebalance_bytes_moved = made["orgmove_rebalance_bytes_moved_total"]
 
-        # The rebalancer (orgmove/rebalance/): refreshed by every worker.
-        self.rebalance_queue_depth = Gauge(
-            "orgmove_rebalance_queue_depth", "Rebalance moves queued, not started", registry=self.registry
-        )
-        self.rebalance_moves_running = Gauge(
-            "orgmove_rebalance_moves_running", "Rebalance moves running", registry=self.registry
-        )
-        self.rebalance_bytes_moved = Counter(
-            "orgmove_rebalance_bytes_moved", "Bytes copied by finished rebalance moves", registry=self.registry
-        )
+    def exposed_names(self) -> set[str]:
+        """The metric family names as a scrape shows them (counters with `_total`)."""
+        names = set()
+        for family in self.registry.collect():
+            names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+        return names
 
     def write_textfile(self, path: str) -> None:
         write_to_textfile(path, self.registry)

@@ -100,15 +100,13 @@ def raise_unclassified(
     if not graph.unclassified:
         return
     suggestions = {q: suggest(catalog, graph, q, type_values) for q in graph.unclassified}
-    lines = [f"{q} ({graph.nodes[q].reason}; suggested: {s.text})" for q, s in suggestions.items()]
+    lines = [f"{q} (suggested: {s.text})" for q, s in suggestions.items()]
     draft = suggest_rules_for(catalog, rules, type_values)
     raise UnclassifiedTables(
-        f"{len(lines)} table(s) are not classified by {rules.source or 'the rules'}: "
-        + "; ".join(lines),
-        fix="add a rule for each to the rules file given with --rules (a sharding_key, a "
-        "polymorphic link, or one of the lists cluster_wide / ignored / cell_local); "
-        "`orgmove plan ... --suggest-rules` prints the suggestions as a draft rules file to "
-        "review: a plan never applies them by itself",
+        f"{len(lines)} table(s) are not classified by {rules.source or 'the rules'}",
+        tables=lines,
+        fix="pass a rules file with --rules (or set defaults.rules in the config) that classifies "
+        "each of them, or print a draft for them with `orgmove plan ... --suggest-rules` and review it",
         details={
             "tables": {q: s.text for q, s in suggestions.items()},
             "suggested_rules": draft,

@@ -33,6 +33,21 @@ def _describe(conn: psycopg.Connection[Any], move: state.MoveRow) -> dict[str, A
     return doc
 
 
+def plan_in_use(config: Config, plan: Plan) -> str | None:
+    """The state of the plan's move on its target when the move is under way or done (the plan
+    file is then in use and must stay as it is); None when there is no such move, or it was
+    rolled back (a new plan may replace it)."""
+    try:
+        with db.connect(config.cell_dsn(plan.to_cell), cell=plan.to_cell, application_name="orgmove/plan",
+                        autocommit=True) as conn:
+            move = state.get_move(conn, plan.move_key)
+    except (OrgmoveError, psycopg.Error):
+        return None  # the planner's own checks report an unreachable target properly
+    if move is None or move.state in (state.MoveState.ROLLED_BACK, state.MoveState.PLANNED):
+        return None
+    return str(move.state)
+
+
 def move_status(config: Config, *, plan: Plan | None = None, org: str | None = None) -> dict[str, Any]:
     org_key = str(plan.org) if plan is not None else str(org)
     cells = [plan.to_cell] if plan is not None else sorted(config.cells)

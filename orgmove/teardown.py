@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -49,7 +50,18 @@ def _delete_org_rows(conn: psycopg.Connection[Any], step: Step, plan: Plan, batc
             time.sleep(pause_s)
 
 
-def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
+def move_back_procedure(plan: Plan, plan_file: str) -> str:
+    """The one way back after a flip (runbooks/06-rollback.md step 5): the old rows must leave the
+    old Cell first, or the new move's pre-flight finds their keys there."""
+    return (f"moving it back is two steps: `orgmove cleanup {plan_file} --yes` deletes the old rows "
+            f"from {plan.from_cell}, then `orgmove move --org {plan.org} --from {plan.to_cell} "
+            f"--to {plan.from_cell} --yes` moves it back (runbooks/06-rollback.md step 5)")
+
+
+def run_rollback(plan: Plan, config: Config, plan_file: str = "PLAN",
+                 confirm: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``confirm`` is asked after the checks and before anything changes: an operator learns that
+    rollback cannot run before being asked to confirm it."""
     ctx = MoveContext.create(plan, config)
     deleted: dict[str, int] = {}
     with ctx.control("rollback") as (src, dst):
@@ -57,10 +69,12 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
         if move is not None and move.state in state.AFTER_FLIP:
             raise MoveStateError(
                 f"move {plan.move_key} was committed: organization {plan.org} lives on {plan.to_cell}; "
-                "rollback only undoes a move before its flip",
-                fix=f"a move back is a new move: `orgmove move --org {plan.org} --from {plan.to_cell} "
-                f"--to {plan.from_cell}`",
+                "rollback only undoes a move before its flip, and nothing was deleted",
+                fix=move_back_procedure(plan, plan_file),
             )
+        if move is not None and move.state == state.MoveState.ROLLED_BACK:
+            return {"move": plan.move_key, "rows_deleted": 0, "tables": {}, "owner": plan.from_cell,
+                    "already_done": True}
         if config.topology is not None:
             with topology_client(config) as topo:
                 if move is not None and move.get("topology_move_id"):
@@ -69,12 +83,14 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                 if owner == plan.to_cell:
                     raise MoveStateError(
                         f"the Topology Service says organization {plan.org} lives on {plan.to_cell}; "
-                        f"rollback would delete its live rows there",
-                        fix="a move back is a new move; nothing was deleted",
+                        f"rollback would delete its live rows there, so nothing was deleted",
+                        fix=move_back_procedure(plan, plan_file),
                     )
         if config.topology is None:
             log(logging.WARNING, "no Topology Service configured: rollback cannot check who owns the "
                 "organization; it trusts the move state on the target", move=plan.move_key)
+        if confirm is not None:
+            confirm()
         if has_fence(src, str(plan.org)):
             lift_fence(src, str(plan.org))
         for step in reversed(plan.steps):
@@ -86,7 +102,7 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
             state.record_event(dst, plan.move_key, "rolled_back", "copied rows deleted from the target",
                                rows=sum(deleted.values()))
     return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
-            "owner": plan.from_cell}
+            "owner": plan.from_cell, "already_done": False}
 
 
 def _abort_topology_move(topo: TopologyAPI, plan: Plan, move_id: str) -> None:
@@ -101,7 +117,8 @@ def _abort_topology_move(topo: TopologyAPI, plan: Plan, move_id: str) -> None:
 
 
 def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s: float = 0.0,
-                progress: ProgressSink | None = None) -> dict[str, Any]:
+                progress: ProgressSink | None = None,
+                confirm: Callable[[], None] | None = None) -> dict[str, Any]:
     progress = progress or NullProgress()
     ctx = MoveContext.create(plan, config)
     deleted: dict[str, int] = {}
@@ -113,6 +130,8 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
                 "cleanup deletes the source rows only after the flip",
                 fix="finish the move with `orgmove cutover` first",
             )
+        if move.state == state.MoveState.CLEANED:
+            return {"move": plan.move_key, "rows_deleted": 0, "tables": {}, "already_done": True}
         if not move.get("verify_clean"):
             raise MoveStateError(f"move {plan.move_key} has no clean verification on record",
                                  fix="run `orgmove verify` until it reports equal")
@@ -125,6 +144,8 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
                     f"not {plan.to_cell!r}; refusing to delete its rows from {plan.from_cell}",
                     fix="check `orgmove status --org`",
                 )
+        if confirm is not None:
+            confirm()
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANING)
         progress.start("cleanup", {s.table: s.estimated_rows for s in plan.steps})
         try:
@@ -136,4 +157,5 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANED)
         state.record_event(dst, plan.move_key, "cleaned", "source rows deleted",
                            rows=sum(deleted.values()))
-    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted}
+    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
+            "already_done": False}

@@ -26,6 +26,9 @@ from orgmove.errors import BadInput, EnvironmentProblem
 from orgmove.sandbox.pgcluster import LocalCluster, free_port
 
 DEFAULT_DIR = Path(".orgmove/sandbox")
+# The sharding rules of the fixture schema the sandbox is seeded with; the sandbox keeps its own
+# copy (D/rules.yaml) and names it in its config, so `plan` and `move` need no --rules there.
+SHIPPED_RULES = Path(__file__).resolve().parents[2] / "plans" / "gitlab.rules.yaml"
 CELLS = ("cell-1", "cell-2")
 MAX_CELLS = 16
 CELL_DB = "gitlab"
@@ -70,6 +73,14 @@ class Sandbox:
     @property
     def config_path(self) -> Path:
         return self.dir / "orgmove.toml"
+
+    @property
+    def rules_path(self) -> Path:
+        return self.dir / "rules.yaml"
+
+    def _copy_rules(self) -> None:
+        if not self.rules_path.exists() and SHIPPED_RULES.exists():
+            self.rules_path.write_text(SHIPPED_RULES.read_text())
 
     def _state(self) -> SandboxState:
         return SandboxState.load_or_create(self.dir)
@@ -117,6 +128,7 @@ class Sandbox:
         _ensure_database(clusters["topology-db"].dsn("postgres"), TOPOLOGY_DB)
         self._start_topology()
         self._register_cells()
+        self._copy_rules()
         self._write_config()
         return self.describe()
 
@@ -126,9 +138,9 @@ class Sandbox:
             lines += [f'[cells."{name}"]', f'dsn = "{dsn}"', ""]
         lines += ["[topology]", f'url = "{self.topology_url}"', f'token = "{self.token}"', ""]
         lines += ["[defaults]", f'plans_dir = "{self.dir / "plans"}"']
-        # The fixture's sharding rules, when run from a checkout: rebalance workers plan with them.
-        rules = Path(__file__).resolve().parents[2] / "plans" / "gitlab.rules.yaml"
-        lines += [f'rules = "{rules}"', ""] if rules.exists() else [""]
+        if self.rules_path.exists():
+            lines.append(f'rules = "{self.rules_path}"')
+        lines.append("")
         # The rebalancer's queue lives in the Topology Service's database.
         lines += ["[rebalance]", f'queue_dsn = "{self.topology_dsn()}"', ""]
         self.config_path.write_text("\n".join(lines))

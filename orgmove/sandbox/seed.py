@@ -473,8 +473,8 @@ def seed(
             if row and (row[0] or row[1]):
                 raise PreflightFailed(
                     f"cell {name!r} is already seeded ({row[0]} organizations, {row[1]} users)",
-                    fix="seed into fresh databases: recreate the sandbox (`orgmove sandbox down`"
-                    " then `orgmove sandbox up`) or drop and recreate the cell's database",
+                    fix="in the sandbox, run `orgmove sandbox seed --reset` (it wipes the sandbox's "
+                    "data and seeds afresh); elsewhere, seed into freshly created databases",
                 )
         with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="seed") as pool:
             futures = {

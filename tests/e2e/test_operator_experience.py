@@ -116,15 +116,37 @@ def test_metrics_after_a_copy(world: World, tmp_path: Path) -> None:
     doc = json.loads(orgmove_cli("--config", str(world.config_path), "--metrics-file", str(metrics),
                                  "copy", str(path), "--chunk-rows", "20", "--json").stdout)
     text = metrics.read_text()
-    rows = sum(float(v) for v in re.findall(r'^orgmove_rows_copied_total\{table="[^"]+"\} (\S+)$', text, re.M))
-    nbytes = sum(float(v) for v in re.findall(r'^orgmove_bytes_copied_total\{table="[^"]+"\} (\S+)$', text, re.M))
-    chunks = float(re.search(r"^orgmove_chunks_done_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    assert rows == doc["rows"] > 0
-    assert nbytes == doc["bytes"]
-    assert chunks == doc["chunks"]["copied"]
-    assert re.search(r'^orgmove_rows_copied_total\{table="public.issues"\} [1-9]', text, re.M)
+    move = re.escape(plan.move_key)
+
+    def total(name: str, labels: str = r'table="[^"]+"') -> float:
+        pattern = rf'^{name}\{{move="{move}"(?:,{labels})?\}} (\S+)$'
+        return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+    assert total("orgmove_rows_copied_total") == doc["rows"] > 0
+    assert total("orgmove_bytes_copied_total") == doc["bytes"]
+    assert total("orgmove_chunks_done_total") == doc["chunks"]["copied"]
+    assert total("orgmove_chunks_planned") == doc["chunks"]["total"]
+    # The totals make the share done computable: the plan's estimates of the org's rows.
+    assert total("orgmove_rows_planned") == sum(s.estimated_rows for s in plan.steps) > 0
+    assert re.search(rf'^orgmove_rows_copied_total\{{move="{move}",table="public.issues"\}} [1-9]', text, re.M)
     for name in ("orgmove_retries_total", "orgmove_verify_mismatches_total", "orgmove_freeze_window_seconds"):
         assert re.search(rf"^{name} ", text, re.M), name
+
+
+def test_progress_without_a_terminal_is_a_log_line_every_n_seconds(world: World) -> None:
+    plan, path = make_plan(world.cells)
+    rows = sum(s.estimated_rows for s in plan.steps)
+    proc = orgmove_cli("--config", str(world.config_path), "--progress-every", "0.2", "copy", str(path),
+                       "--chunk-rows", "20", "--rate", str(max(1, rows // 2)))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "copy progress:" in line]
+    assert len(lines) >= 3, proc.stderr  # about two seconds at one line per 0.2 s
+    for line in lines:
+        assert re.search(r"[\d,]+ of ~[\d,]+ rows \(\d+%\), [\d,]+ rows/s, ETA (\d[\d,]*s|-)", line), line
+    assert "copy done:" in proc.stderr
+    json_run = orgmove_cli("--config", str(world.config_path), "--progress-every", "0.2", "verify", str(path),
+                           "--json")
+    assert json.loads(json_run.stdout)["equal"] is True  # stdout stays one JSON document
 
 
 def _commands() -> dict[str, Any]:

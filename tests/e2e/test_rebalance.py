@@ -23,9 +23,9 @@ from orgmove.rebalance.proposal import within
 from orgmove.sandbox.seed import seed
 from orgmove.topology.client import TopologyClient, seed_claims
 from orgmove.topology.server import run_in_thread
+from tests.e2e.test_operator_experience import assert_same_shape, documented
 from tests.helpers import RULES, cli_ok, orgmove_popen, step_checksum
 from tests.pgfixtures import Servers
-from tests.e2e.test_operator_experience import assert_same_shape, documented
 from tests.world import can_write
 
 TOKEN = "rebalance-test-token-91c2"

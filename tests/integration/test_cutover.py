@@ -76,7 +76,8 @@ def test_cutover_dry_run_changes_nothing(world: World) -> None:
     proc = _cli(world, "cutover", str(path), "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     checks = json.loads(proc.stdout)["checks"]
-    assert checks["copy complete"] and checks["lease available"] and checks["verify clean now"]
+    assert checks["copy complete"] and checks["lease available"] and checks["fits --max-freeze"]
+    assert checks["chunks the sync will re-copy"] == 0
     assert world.owner(1) == "cell-1" and world.org_state(1) == "active"
     assert world.client.moves_for_org(1) == []
     assert can_write(world.dsn("cell-1"), 1)
@@ -207,7 +208,7 @@ def test_rollback_after_commit_is_refused(world: World) -> None:
     run_cutover(plan, world.config, CutoverOptions())
     proc = _cli(world, "rollback", str(path), "--yes")
     assert proc.returncode == 2
-    assert "move back is a new move" in proc.stderr
+    assert "moving it back is two steps" in proc.stderr and "orgmove cleanup" in proc.stderr
 
 
 def test_cleanup_before_commit_is_refused(world: World) -> None:

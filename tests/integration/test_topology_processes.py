@@ -17,8 +17,8 @@ import pytest
 
 from orgmove.sandbox.pgcluster import free_port
 from orgmove.topology.client import ServiceRefused, TopologyClient
-from tests.pgfixtures import Servers
 from tests.integration.test_topology import claims_of, org_claims
+from tests.pgfixtures import Servers
 
 TOKEN = "two-processes-token-4e1d"
 
