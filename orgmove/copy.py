@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, state, triggers
+from orgmove import db, fence, state, triggers
 from orgmove.chunking import (
     WHOLE,
     KeyRange,
@@ -547,6 +547,9 @@ def run_copy(
                 f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
             )
         with _exclusive_move_lock(dst, plan):
+            # The gate goes in before the snapshot: every write after it can be fenced (ADR 0005).
+            with db.wrap_errors(ctx.source, "installing the write gate"):
+                fence.install_gate(src, plan)
             holder = SnapshotHolder(ctx)
             try:
                 snapshot_id = holder.export()

@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, state
+from orgmove import db, debris, state
 from orgmove.chunking import WHOLE, org_rows_where
 from orgmove.config import Config
 from orgmove.cutover import org_int, topology_client
 from orgmove.errors import MoveStateError, PreflightFailed
-from orgmove.fence import has_fence, lift_fence
+from orgmove.fence import bypass_gate, has_fence, lift_fence
 from orgmove.movectx import MoveContext
 from orgmove.obs import NullProgress, ProgressSink, log
 from orgmove.plan import Plan, Step, table_ident
@@ -80,13 +80,15 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
         for step in reversed(plan.steps):
             with db.wrap_errors(ctx.target, f"delete {step.table}"):
                 deleted[step.table] = _delete_org_rows(dst, step, plan, 10_000)
+        with db.wrap_errors(ctx.source, "dropping the move's slot, publication and gate"):
+            dropped = debris.remove_move_debris(src, dst, plan)
         if move is not None:
             state.forget_chunks(dst, plan.move_key)
             state.update_move(dst, plan.move_key, state=state.MoveState.ROLLED_BACK, last_error=None)
             state.record_event(dst, plan.move_key, "rolled_back", "copied rows deleted from the target",
                                rows=sum(deleted.values()))
     return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
-            "owner": plan.from_cell}
+            "owner": plan.from_cell, "dropped": dropped}
 
 
 def _abort_topology_move(topo: TopologyAPI, plan: Plan, move_id: str) -> None:
@@ -127,13 +129,18 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
                 )
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANING)
         progress.start("cleanup", {s.table: s.estimated_rows for s in plan.steps})
+        # The gate keeps refusing every other writer of the moved org while its rows go.
+        bypass_gate(src, plan.move_key)
         try:
             for step in reversed(plan.steps):
                 with db.wrap_errors(ctx.source, f"delete {step.table}"):
                     deleted[step.table] = _delete_org_rows(src, step, plan, batch_rows, progress, pause_s)
         finally:
             progress.finish()
+        with db.wrap_errors(ctx.source, "dropping the move's slot, publication and gate"):
+            dropped = debris.remove_move_debris(src, dst, plan)
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANED)
         state.record_event(dst, plan.move_key, "cleaned", "source rows deleted",
-                           rows=sum(deleted.values()))
-    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted}
+                           rows=sum(deleted.values()), dropped=dropped)
+    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
+            "dropped": dropped}
