@@ -473,7 +473,7 @@ def status(
     Example: orgmove status --org 1
     """
     G.json = as_json
-    from orgmove.status import move_status
+    from orgmove.status import move_status, slots_text
 
     if plan_file is None and org is None:
         raise BadInput("status needs a plan file or --org", fix="orgmove status PLAN or orgmove status --org ID")
@@ -486,6 +486,7 @@ def status(
             for k, v in mv.items():
                 out.print(f"{k:>20}: {v}")
         out.print(f"{'owner':>20}: {doc.get('owner')}")
+        out.print(slots_text(doc), markup=False)
 
     emit({"command": "status", **doc}, human)
 

@@ -72,7 +72,11 @@ def remove_capture(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], m
             capture.drop_publication(conn, pub)
             dropped.append(f"publication {pub}")
     for conn, origin in ((dst, names.origin), (src, reverse.origin)):
-        if conn.execute("SELECT 1 FROM pg_replication_origin WHERE roname = %s", (origin,)).fetchone():
+        try:
+            found = conn.execute("SELECT 1 FROM pg_replication_origin WHERE roname = %s", (origin,)).fetchone()
+        except psycopg.errors.InsufficientPrivilege:  # a role that never made one may not see them
+            found = None
+        if found:
             drop_origin(conn, origin)
             dropped.append(f"origin {origin}")
     return dropped

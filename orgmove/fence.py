@@ -237,6 +237,19 @@ def install_gate(conn: psycopg.Connection[Any], plan: Plan) -> None:
         ) from None
 
 
+def ensure_gate(conn: psycopg.Connection[Any], plan: Plan) -> bool:
+    """Install the gate at the move's start. A source role that may not create triggers (the
+    least-privilege reader of runbooks/09-least-privilege.md) leaves the move with the
+    cooperative fence only: warned about, recorded by the caller, shown by ``status``."""
+    try:
+        install_gate(conn, plan)
+        return True
+    except PreflightFailed as exc:
+        log(logging.WARNING, "the write gate is not installed: only writers that call "
+            "orgmove.assert_writable are fenced. " + exc.message, move=plan.move_key, fix=exc.fix)
+        return False
+
+
 def drop_gate(conn: psycopg.Connection[Any], plan: Plan) -> None:
     """Drop the move's gate triggers, functions and sequence (no-op for parts already gone)."""
     names = gate_names(plan.move_key)

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from orgmove import db, state
+from orgmove import db, debris, fence, state
 from orgmove.config import Config
 from orgmove.errors import OrgmoveError
 from orgmove.plan import Plan
@@ -52,7 +52,8 @@ def move_status(config: Config, *, plan: Plan | None = None, org: str | None = N
         except psycopg.Error as exc:  # e.g. a least-privileged role that may not read the state
             unreachable[cell] = db.translate(exc, cell=cell).message
     doc: dict[str, Any] = {"org": org_key, "moves": moves, "unreachable_cells": unreachable,
-                           "owner": None, "org_state": None, "lease": None}
+                           "owner": None, "org_state": None, "lease": None,
+                           **cell_capture_status(config, unreachable)}
     if config.topology is not None:
         from orgmove.topology.client import client_from_config
 
@@ -77,3 +78,39 @@ def move_status(config: Config, *, plan: Plan | None = None, org: str | None = N
     else:
         doc["topology_error"] = "no [topology] in the config"
     return doc
+
+
+def cell_capture_status(config: Config, unreachable: dict[str, str]) -> dict[str, Any]:
+    """Every orgmove_* replication slot on every Cell with its retained WAL (whoever's move made
+    it: an abandoned slot of another organization fills the same disk), and every gate trigger."""
+    slots: list[dict[str, Any]] = []
+    gates: list[dict[str, str]] = []
+    limit_mb = config.defaults.max_retained_wal_mb
+    for cell in sorted(config.cells):
+        if cell in unreachable:
+            continue
+        try:
+            with db.connect(config.cell_dsn(cell), cell=cell, application_name="orgmove/status",
+                            autocommit=True) as conn:
+                for slot in debris.orgmove_slots(conn, cell):
+                    slots.append({**slot.to_json(),
+                                  "over_limit": slot.retained_wal_bytes > limit_mb * 1048576})
+                gates += [{"cell": cell, "table": t, "trigger": g} for t, g in fence.gate_triggers_on(conn)]
+        except OrgmoveError as exc:
+            unreachable[cell] = exc.message
+        except psycopg.Error as exc:
+            unreachable[cell] = db.translate(exc, cell=cell).message
+    return {"slots": slots, "max_retained_wal_mb": limit_mb, "gate_triggers": gates}
+
+
+def slots_text(doc: dict[str, Any]) -> str:
+    """The plain-text section ``orgmove status`` prints for the slots."""
+    slots = doc.get("slots") or []
+    if not slots:
+        return "replication slots: none of orgmove's on any cell"
+    lines = [f"replication slots (limit {doc.get('max_retained_wal_mb'):g} MB retained WAL):"]
+    for s in slots:
+        flag = "  OVER LIMIT" if s.get("over_limit") else ""
+        lines.append(f"  {s['cell']:<10} {s['slot']:<40} {s['retained_wal_mb']:>10.1f} MB  "
+                     f"{'active' if s['active'] else 'idle'} {s.get('wal_status') or ''}{flag}")
+    return "\n".join(lines)

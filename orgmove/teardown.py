@@ -77,11 +77,13 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                 "organization; it trusts the move state on the target", move=plan.move_key)
         if has_fence(src, str(plan.org)):
             lift_fence(src, str(plan.org))
+        # Slots, publications, origins and the gate go first: the target's deletes below must
+        # not be published, and the source's slot must stop retaining WAL at once.
+        with db.wrap_errors(ctx.source, "dropping the move's slot, publication and gate"):
+            dropped = debris.remove_move_debris(src, dst, plan)
         for step in reversed(plan.steps):
             with db.wrap_errors(ctx.target, f"delete {step.table}"):
                 deleted[step.table] = _delete_org_rows(dst, step, plan, 10_000)
-        with db.wrap_errors(ctx.source, "dropping the move's slot, publication and gate"):
-            dropped = debris.remove_move_debris(src, dst, plan)
         if move is not None:
             state.forget_chunks(dst, plan.move_key)
             state.update_move(dst, plan.move_key, state=state.MoveState.ROLLED_BACK, last_error=None)
@@ -129,6 +131,11 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
                 )
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANING)
         progress.start("cleanup", {s.table: s.estimated_rows for s in plan.steps})
+        # The streams are done once the target owns the org: drop them first, so the deletes are
+        # neither decoded into a slot nor refused by a publication (a table without a replica
+        # identity may not publish deletes).
+        with db.wrap_errors(ctx.source, "dropping the move's slots and publications"):
+            dropped = debris.remove_capture(src, dst, plan.move_key)
         # The gate keeps refusing every other writer of the moved org while its rows go.
         bypass_gate(src, plan.move_key)
         try:
@@ -137,8 +144,8 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
                     deleted[step.table] = _delete_org_rows(src, step, plan, batch_rows, progress, pause_s)
         finally:
             progress.finish()
-        with db.wrap_errors(ctx.source, "dropping the move's slot, publication and gate"):
-            dropped = debris.remove_move_debris(src, dst, plan)
+        with db.wrap_errors(ctx.source, "dropping the move's gate"):
+            dropped += debris.remove_move_debris(src, dst, plan)
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANED)
         state.record_event(dst, plan.move_key, "cleaned", "source rows deleted",
                            rows=sum(deleted.values()), dropped=dropped)
