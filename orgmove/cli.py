@@ -394,6 +394,9 @@ def cutover(
         "--max-freeze", envvar="ORGMOVE_MAX_FREEZE", show_envvar=True,
         help="Abort if the write freeze would exceed this many seconds.")] = None,
     workers: WorkersOpt = None,
+    reverse_stream: Annotated[bool, typer.Option(
+        "--reverse-stream", help="Stream the target's writes back to the source from the flip on, "
+        "so `orgmove rollback` after the flip loses none of them.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fence writes, sync, verify, flip the org's claims with compare-and-swap.
@@ -412,7 +415,7 @@ def cutover(
     report = run_cutover(
         the_plan, config,
         CutoverOptions(dry_run=dry_run, max_freeze_s=max_freeze or config.defaults.max_freeze_s,
-                       workers=workers or config.defaults.workers),
+                       workers=workers or config.defaults.workers, reverse_stream=reverse_stream),
         make_progress(_progress_enabled()),
     )
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, debris, state
+from orgmove import db, debris, reverse, state
 from orgmove.chunking import WHOLE, org_rows_where
 from orgmove.config import Config
 from orgmove.cutover import org_int, topology_client
@@ -55,9 +55,13 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
     with ctx.control("rollback") as (src, dst):
         move = state.get_move(dst, plan.move_key)
         if move is not None and move.state in state.AFTER_FLIP:
+            if (move.state == state.MoveState.COMMITTED and config.topology is not None
+                    and reverse.has_reverse_stream(dst, plan)):
+                return _rollback_after_flip(ctx, src, dst, plan, config)
             raise MoveStateError(
                 f"move {plan.move_key} was committed: organization {plan.org} lives on {plan.to_cell}; "
-                "rollback only undoes a move before its flip",
+                "rollback undoes a move after its flip only when its cutover ran with "
+                "--reverse-stream (and before cleanup)",
                 fix=f"a move back is a new move: `orgmove move --org {plan.org} --from {plan.to_cell} "
                 f"--to {plan.from_cell}`",
             )
@@ -91,6 +95,31 @@ def run_rollback(plan: Plan, config: Config) -> dict[str, Any]:
                                rows=sum(deleted.values()))
     return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
             "owner": plan.from_cell, "dropped": dropped}
+
+
+def _rollback_after_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any],
+                         plan: Plan, config: Config) -> dict[str, Any]:
+    """The reverse stream brings the target's writes back, the claims flip back, then the
+    target's copy of the org and everything the move made go (runbooks/15-rollback-after-the-flip.md)."""
+    with topology_client(config) as topo:
+        doc = reverse.rollback_after_flip(ctx, src, dst, topo, config, org_int(plan))
+    reverse.moved_back_state(dst, plan, doc["rows_applied_back"])
+    with db.wrap_errors(ctx.target, "dropping the move's slots and publications"):
+        dropped = debris.remove_capture(src, dst, plan.move_key)
+    bypass_gate(dst, reverse.reversed_plan(plan).move_key)
+    deleted: dict[str, int] = {}
+    for step in reversed(plan.steps):
+        with db.wrap_errors(ctx.target, f"delete {step.table}"):
+            deleted[step.table] = _delete_org_rows(dst, step, plan, 10_000)
+    with db.wrap_errors(ctx.target, "dropping the move's gates"):
+        dropped += debris.remove_move_debris(src, dst, plan)
+        reverse.drop_target_side(dst, plan)
+    state.forget_chunks(dst, plan.move_key)
+    state.update_move(dst, plan.move_key, state=state.MoveState.ROLLED_BACK, last_error=None)
+    state.record_event(dst, plan.move_key, "rolled_back", "moved back to the source with the reverse stream",
+                       rows=sum(deleted.values()))
+    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
+            "owner": plan.from_cell, "dropped": dropped, **doc}
 
 
 def _abort_topology_move(topo: TopologyAPI, plan: Plan, move_id: str) -> None:
