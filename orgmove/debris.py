@@ -82,10 +82,21 @@ def remove_capture(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], m
     return dropped
 
 
+def reversed_plan(plan: Plan) -> Plan:
+    """The same tables and filters, from the target back to the source: the names of the
+    target's gate (reverse stream) and of a fence taken there derive from its move key."""
+    return plan.model_copy(update={"from_cell": plan.to_cell, "to_cell": plan.from_cell})
+
+
 def remove_move_debris(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], plan: Plan) -> list[str]:
-    """Everything the move created on either Cell: capture objects and the source's gate."""
+    """Everything the move created on either Cell: capture objects of both directions, the
+    source's gate and (``cutover --reverse-stream``) the target's."""
     dropped = remove_capture(src, dst, plan.move_key)
     if fence.gate_installed_any(src, plan):
         fence.drop_gate(src, plan)
         dropped.append("gate triggers")
+    back = reversed_plan(plan)
+    if fence.gate_installed_any(dst, back):
+        fence.drop_gate(dst, back)
+        dropped.append("gate triggers on the target")
     return dropped

@@ -31,9 +31,7 @@ def reverse_names(plan: Plan) -> CaptureNames:
 
 
 def reversed_plan(plan: Plan) -> Plan:
-    """The same tables and filters, from the target back to the source (names of the target's
-    gate and of the fence taken there derive from its move key)."""
-    return plan.model_copy(update={"from_cell": plan.to_cell, "to_cell": plan.from_cell})
+    return debris.reversed_plan(plan)
 
 
 def has_reverse_stream(dst: psycopg.Connection[Any], plan: Plan) -> bool:

@@ -84,13 +84,18 @@ def test_abort_lifts_the_fence_and_rollback_leaves_nothing(world: World) -> None
     os.environ["ORGMOVE_FAILPOINTS"] = "cutover.after_fence=error"
     try:
         with pytest.raises(RuntimeError, match="failpoint"):
-            run_cutover(plan, world.config, CutoverOptions(max_freeze_s=60))
+            # With the reverse stream prepared: its slot, publication and gate on the target and
+            # its origin on the source are debris too once the move is given up.
+            run_cutover(plan, world.config, CutoverOptions(max_freeze_s=60, reverse_stream=True))
     finally:
         os.environ.pop("ORGMOVE_FAILPOINTS", None)
     # Lifted: a writer that never cooperates writes again; the gate and the stream stay for a
     # retried cutover (a rollback is the way to give the move up).
     _plain_write_org1(world.dsn("cell-1"))
     assert debris_on(world.dsn("cell-1"))["slots"]
+    target = debris_on(world.dsn("cell-2"))
+    assert target["slots"] and target["publications"] and target["triggers"]
+    assert len(debris_on(world.dsn("cell-1"))["origins"]) == 1  # the reverse stream's
     with psycopg.connect(world.dsn("cell-1")) as conn:
         assert fence.gate_installed(conn, plan)
 
