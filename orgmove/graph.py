@@ -25,15 +25,16 @@ foreign keys, polymorphic links beside a sharding key, ``references``) only orde
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from orgmove.catalog import Catalog, Table
 from orgmove.errors import PlanError, RulesError
+from orgmove.ordering import sccs, toposort
 from orgmove.plan import ClusterWideRef, FilterPath, Hop
-from orgmove.rules import Polymorphic, Rules, TableRule, parse_ref
+from orgmove.resolver import Resolver, display
+from orgmove.rules import Polymorphic, Rules, TableRule
 
 Classification = Literal[
     "root", "org", "cluster_wide", "ignored", "cell_local", "partition", "unclassified"
@@ -112,59 +113,6 @@ class _Options:
     partial: str = ""  # why some nullable foreign keys are not followed
 
 
-def display(table: str) -> str:
-    """Rules-file name of a table: bare for ``public``, qualified otherwise."""
-    return table[len("public."):] if table.startswith("public.") else table
-
-
-# --- resolution of rule names -------------------------------------------------------------------
-
-
-class _Resolver:
-    def __init__(self, catalog: Catalog, rules: Rules):
-        self.catalog = catalog
-        self.rules = rules
-        self.where = rules.source or "rules"
-
-    def table(self, name: str) -> str | None:
-        q = self.catalog.resolve(name)
-        return None if q is None else self.catalog.top_parent(q)
-
-    def ref(self, owner: str, column: str, ref_text: str, what: str) -> tuple[str, tuple[str, ...]]:
-        ref_name, ref_col = parse_ref(ref_text)
-        ref = self.table(ref_name)
-        if ref is None:
-            raise RulesError(
-                f"{self.where}: {what} {display(owner)}.{column} points at table {ref_name}, "
-                "which does not exist in the source database",
-                fix=f"correct the table name of {display(owner)}.{column} in the rules",
-            )
-        t = self.catalog.tables[ref]
-        if ref_col is not None:
-            if t.column(ref_col) is None:
-                raise RulesError(
-                    f"{self.where}: {what} {display(owner)}.{column} points at column "
-                    f"{ref_col} of {ref}, which has no such column",
-                    fix="correct the column name",
-                )
-            return ref, (ref_col,)
-        if len(t.primary_key) != 1:
-            raise RulesError(
-                f"{self.where}: {what} {display(owner)}.{column} points at {ref}, which has "
-                f"no single-column primary key",
-                fix=f"name the referenced column: `{display(ref)}(column)`",
-            )
-        return ref, (t.primary_key[0],)
-
-    def column(self, owner: Table, column: str, what: str) -> None:
-        if owner.column(column) is None:
-            raise RulesError(
-                f"{self.where}: {what} names column {column} of {owner.qualified}, which has no "
-                "such column",
-                fix=f"correct the column name in the rule of {display(owner.qualified)}",
-            )
-
-
 # --- analysis -----------------------------------------------------------------------------------
 
 
@@ -174,7 +122,7 @@ def analyze(catalog: Catalog, rules: Rules) -> Graph:
     Raises :class:`RulesError` for rules that do not fit the schema. Unclassified tables and
     dependency cycles are returned (``unclassified``, ``cycles``); :func:`check` raises for them.
     """
-    res = _Resolver(catalog, rules)
+    res = Resolver(catalog, rules)
     root = catalog.resolve(rules.root.table)
     if root is None:
         raise RulesError(
@@ -266,7 +214,9 @@ def analyze(catalog: Catalog, rules: Rules) -> Graph:
     org = [root, *sorted(chosen)]
     org_set = set(org)
     _dependencies(catalog, nodes, org, org_set, table_rules, res)
-    order, cycles, cycle_links = _toposort(nodes, org)
+    order, cycles, cycle_links = toposort(
+        org, {q: nodes[q].depends_on for q in org}, {q: nodes[q].depth for q in org}
+    )
     unresolved_cycles = _unresolved_cycles(options, unclassified)
     cycles.extend(unresolved_cycles)
     refs = _cluster_refs(catalog, nodes, org, declared, table_rules, res)
@@ -290,7 +240,7 @@ def _ignored_fk(rule: TableRule | None, fk_name: str, columns: Iterable[str]) ->
 
 def _ownership_options(
     catalog: Catalog,
-    res: _Resolver,
+    res: Resolver,
     q: str,
     rule: TableRule | None,
     declared: dict[str, Classification],
@@ -331,7 +281,7 @@ def _ownership_options(
 
 
 def _check_rule_target(
-    res: _Resolver, q: str, column: str, ref: str, declared: dict[str, Classification]
+    res: Resolver, q: str, column: str, ref: str, declared: dict[str, Classification]
 ) -> None:
     if ref in declared:
         raise RulesError(
@@ -347,7 +297,7 @@ def _check_rule_target(
         )
 
 
-def _polymorphic_edges(res: _Resolver, t: Table, polys: list[Polymorphic]) -> list[Edge]:
+def _polymorphic_edges(res: Resolver, t: Table, polys: list[Polymorphic]) -> list[Edge]:
     edges = []
     for poly in polys:
         res.column(t, poly.type_column, "polymorphic type_column")
@@ -494,7 +444,7 @@ def _dependencies(
     org: list[str],
     org_set: set[str],
     table_rules: dict[str, TableRule],
-    res: _Resolver,
+    res: Resolver,
 ) -> None:
     for q in org:
         t = catalog.tables[q]
@@ -520,89 +470,11 @@ def _dependencies(
         nodes[q].depends_on = sorted(deps)
 
 
-def _toposort(
-    nodes: dict[str, Node], org: list[str]
-) -> tuple[list[str], list[list[str]], list[list[str]]]:
-    indeg = {q: 0 for q in org}
-    children: dict[str, list[str]] = {q: [] for q in org}
-    for q in org:
-        for d in nodes[q].depends_on:
-            indeg[q] += 1
-            children[d].append(q)
-    heap = [(nodes[q].depth, q) for q in org if indeg[q] == 0]
-    heapq.heapify(heap)
-    order: list[str] = []
-    while heap:
-        _, q = heapq.heappop(heap)
-        order.append(q)
-        for ch in children[q]:
-            indeg[ch] -= 1
-            if indeg[ch] == 0:
-                heapq.heappush(heap, (nodes[ch].depth, ch))
-    left = [q for q in org if q not in set(order)]
-    if not left:
-        return order, [], []
-    left_set = set(left)
-    deps = {q: [d for d in nodes[q].depends_on if d in left_set] for q in left}
-    cycles = [sorted(scc) for scc in _sccs(left, deps) if len(scc) > 1]
-    links = []
-    for scc in cycles:
-        members = set(scc)
-        links.append(sorted(
-            f"{q} -> {d}" for q in scc for d in nodes[q].depends_on if d in members
-        ))
-    # Tables after a cycle still appear in the order (after it) so the report is complete.
-    order.extend(sorted(left))
-    return order, cycles, links
-
-
 def _unresolved_cycles(options: dict[str, _Options], unclassified: list[str]) -> list[list[str]]:
     left = set(unclassified)
     deps = {q: [e.ref_table for e in options[q].edges if e.ref_table in left] for q in unclassified}
-    return [sorted(scc) for scc in _sccs(unclassified, deps) if len(scc) > 1]
+    return [sorted(scc) for scc in sccs(unclassified, deps) if len(scc) > 1]
 
-
-def _sccs(nodes: list[str], deps: dict[str, list[str]]) -> list[list[str]]:
-    """Tarjan's strongly connected components, iterative."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    out: list[list[str]] = []
-    counter = 0
-    for start in nodes:
-        if start in index:
-            continue
-        work: list[tuple[str, int]] = [(start, 0)]
-        while work:
-            v, i = work.pop()
-            if i == 0:
-                index[v] = low[v] = counter
-                counter += 1
-                stack.append(v)
-                on_stack.add(v)
-            succ = deps.get(v, [])
-            if i < len(succ):
-                work.append((v, i + 1))
-                w = succ[i]
-                if w not in index:
-                    work.append((w, 0))
-                elif w in on_stack:
-                    low[v] = min(low[v], index[w])
-                continue
-            if low[v] == index[v]:
-                comp = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    comp.append(w)
-                    if w == v:
-                        break
-                out.append(comp)
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[v])
-    return out
 
 
 def _cluster_refs(
@@ -611,7 +483,7 @@ def _cluster_refs(
     org: list[str],
     declared: dict[str, Classification],
     table_rules: dict[str, TableRule],
-    res: _Resolver,
+    res: Resolver,
 ) -> list[ClusterWideRef]:
     refs: list[ClusterWideRef] = []
     for q in org:
@@ -655,120 +527,3 @@ def check_cycles(graph: Graph) -> None:
         "declare the right sharding_key",
         details={"cycles": graph.cycles},
     )
-
-
-# --- suggestions for unclassified tables --------------------------------------------------------
-
-ALIASES = {
-    "project": "projects",
-    "namespace": "namespaces",
-    "group": "namespaces",
-    "organization": "organizations",
-    "org": "organizations",
-}
-
-
-def plural(word: str) -> str:
-    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
-        return word[:-1] + "ies"
-    if word.endswith(("s", "x", "z", "ch", "sh")):
-        return word + "es"
-    return word + "s"
-
-
-def class_to_table(type_value: str) -> str:
-    """``MergeRequest`` -> ``merge_requests``; ``Ci::Pipeline`` -> ``ci_pipelines``."""
-    base = type_value.replace("::", "_")
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower()
-    if snake in ALIASES:
-        return ALIASES[snake]
-    return plural(snake)
-
-
-def _named_target(catalog: Catalog, column: str) -> str | None:
-    if not column.endswith("_id"):
-        return None
-    base = column[:-3]
-    names = []
-    for alias, table in ALIASES.items():
-        if base == alias or base.endswith("_" + alias):
-            names.append(table)
-    names += [plural(base), "p_" + plural(base)]
-    for n in names:
-        q = catalog.resolve(n)
-        if q is not None:
-            return catalog.top_parent(q)
-    # pipeline_id -> ci_pipelines: a prefixed table of that name, when there is only one.
-    suffix = "_" + plural(base)
-    found = {catalog.top_parent(q) for q, t in catalog.tables.items() if t.name.endswith(suffix)}
-    return found.pop() if len(found) == 1 else None
-
-
-@dataclass
-class Suggestion:
-    table: str
-    rule: TableRule | None = None
-    list_kind: str | None = None
-    text: str = ""
-
-
-def suggest(
-    catalog: Catalog,
-    graph: Graph,
-    table: str,
-    type_values: dict[str, dict[str, list[str]]] | None = None,
-) -> Suggestion:
-    """A rule for an unclassified table, inferred from column names (never applied by a plan)."""
-    t = catalog.tables[table]
-    org = {q for q, n in graph.nodes.items() if n.classification in ("org", "root")}
-    observed = (type_values or {}).get(table, {})
-    # Polymorphic pairs X_type + X_id with observed types that map to org tables.
-    for col in t.columns:
-        if not col.name.endswith("_type"):
-            continue
-        id_col = col.name[: -len("_type")] + "_id"
-        if t.column(id_col) is None:
-            continue
-        types: dict[str, str] = {}
-        for value in observed.get(col.name, []):
-            target = catalog.resolve(class_to_table(value))
-            if target is not None and catalog.top_parent(target) in org:
-                types[value] = display(catalog.top_parent(target))
-        if types and len(types) == len(observed.get(col.name, [])):
-            rule = TableRule(polymorphic=[Polymorphic(
-                type_column=col.name, id_column=id_col, types=types
-            )])
-            pairs = ", ".join(f"{k} -> {v}" for k, v in types.items())
-            return Suggestion(table, rule=rule, text=(
-                f"polymorphic {col.name}/{id_col} ({pairs}), from the type values in the table"
-            ))
-    scored = []
-    for col in t.columns:
-        target = _named_target(catalog, col.name)
-        if target is None or target == table or target not in org:
-            continue
-        depth = graph.nodes[target].depth
-        scored.append((not col.not_null, depth, col.name, target))
-    if scored:
-        scored.sort()
-        best = scored[0]
-        picked = [best] if not best[0] else [s for s in scored if s[0]]
-        key = {s[2]: display(s[3]) for s in picked}
-        text = " or ".join(f"{c} -> {v}" for c, v in key.items())
-        return Suggestion(table, rule=TableRule(sharding_key=key), text=(
-            f"sharding_key {text} (inferred from the column name; check it)"
-        ))
-    referrers = sorted({
-        q for q in org
-        for fk in catalog.tables[q].foreign_keys
-        if catalog.top_parent(fk.ref_table) == table
-    })
-    if referrers:
-        return Suggestion(table, list_kind="cluster_wide", text=(
-            f"cluster_wide: organization tables reference it ({', '.join(referrers)}); "
-            "if every Cell holds the same rows"
-        ))
-    return Suggestion(table, text=(
-        "no owner could be inferred: add a sharding_key, or list it under cluster_wide, "
-        "ignored or cell_local"
-    ))

@@ -21,7 +21,7 @@ from orgmove.catalog import INTEGER_TYPES, Catalog, Table, read_catalog, schema_
 from orgmove.config import Config
 from orgmove.db import connect, wrap_errors
 from orgmove.errors import CellUnreachable, PlanError, TransientError, UnclassifiedTables
-from orgmove.graph import Graph, analyze, check_cycles, display, suggest
+from orgmove.graph import Graph, analyze, check_cycles
 from orgmove.plan import (
     OrgKey,
     Plan,
@@ -32,7 +32,9 @@ from orgmove.plan import (
     render_filter_for_review,
     table_ident,
 )
+from orgmove.resolver import display
 from orgmove.rules import Rules, TableRule, dump_rules, load_rules
+from orgmove.suggest import suggest
 
 APPLICATION_NAME = "orgmove/plan"
 EXACT_COUNT_LIMIT = 200_000  # tables up to this many rows: the org's rows are counted exactly

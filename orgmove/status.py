@@ -101,16 +101,3 @@ def cell_capture_status(config: Config, unreachable: dict[str, str]) -> dict[str
         except psycopg.Error as exc:
             unreachable[cell] = db.translate(exc, cell=cell).message
     return {"slots": slots, "max_retained_wal_mb": limit_mb, "gate_triggers": gates}
-
-
-def slots_text(doc: dict[str, Any]) -> str:
-    """The plain-text section ``orgmove status`` prints for the slots."""
-    slots = doc.get("slots") or []
-    if not slots:
-        return "replication slots: none of orgmove's on any cell"
-    lines = [f"replication slots (limit {doc.get('max_retained_wal_mb'):g} MB retained WAL):"]
-    for s in slots:
-        flag = "  OVER LIMIT" if s.get("over_limit") else ""
-        lines.append(f"  {s['cell']:<10} {s['slot']:<40} {s['retained_wal_mb']:>10.1f} MB  "
-                     f"{'active' if s['active'] else 'idle'} {s.get('wal_status') or ''}{flag}")
-    return "\n".join(lines)

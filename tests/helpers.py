@@ -11,8 +11,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from orgmove import planner
 from orgmove.chunking import org_rows_where
-from orgmove.plan import Plan, Step, table_ident
+from orgmove.config import load_config
+from orgmove.plan import Plan, Step, read_plan, table_ident, write_plan
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = str(REPO / "plans" / "gitlab.rules.yaml")
@@ -90,3 +92,12 @@ def chunk_log_duplicates(conn: psycopg.Connection[Any], move_key: str) -> list[t
         (move_key,),
     ).fetchall()
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+def make_plan(cells: Any, org: str = "1", tmp: Path | None = None) -> tuple[Plan, Path]:
+    """Plan the move of ``org`` from cell-1 to cell-2 with the shipped rules; write and re-read it."""
+    config = load_config(cells.config_path)
+    plan = planner.make_plan(config, org, "cell-1", "cell-2", RULES)
+    path = (tmp or cells.config_path.parent) / f"org-{org}.plan.json"
+    write_plan(plan, path)
+    return read_plan(path), path

@@ -26,8 +26,15 @@ from psycopg import sql
 
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.sandbox.pgcluster import free_port
-from tests.helpers import RULES, chunk_log_duplicates, org_checksums, orgmove_cli, orgmove_popen, other_rows_checksums
-from tests.test_copy import make_plan
+from tests.helpers import (
+    RULES,
+    chunk_log_duplicates,
+    make_plan,
+    org_checksums,
+    orgmove_cli,
+    orgmove_popen,
+    other_rows_checksums,
+)
 from tests.world import World, can_write, world
 
 __all__ = ["world"]  # the `world` fixture, used by the tests below
@@ -543,7 +550,7 @@ def test_sigint_during_copy_stops_cleanly_and_rerun_resumes(world: World) -> Non
 
 
 # SIGINT during cutover (abort, org writable on the source) is
-# tests/test_cutover.py::test_sigint_during_cutover_aborts_and_leaves_org_writable.
+# tests/integration/test_cutover.py::test_sigint_during_cutover_aborts_and_leaves_org_writable.
 
 
 @pytest.mark.parametrize("command", ["copy", "verify", "cutover", "rollback", "cleanup", "status"])

@@ -11,8 +11,8 @@ import pytest
 
 from orgmove.config import load_config
 from orgmove.sandbox.pgcluster import LocalCluster, free_port
+from tests.e2e.test_operator_experience import _strip_data_maps, assert_same_shape, documented
 from tests.helpers import orgmove_cli
-from tests.test_operator_experience import _strip_data_maps, assert_same_shape, documented
 
 
 def test_local_cluster_starts_stops_and_restarts(tmp_path: Path) -> None:

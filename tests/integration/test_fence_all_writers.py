@@ -18,7 +18,7 @@ from orgmove import fence
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.cutover import CutoverOptions, run_cutover
 from orgmove.verify import VerifyOptions, run_verify
-from tests.test_copy import make_plan
+from tests.helpers import make_plan
 from tests.world import World
 
 pytestmark = pytest.mark.slow

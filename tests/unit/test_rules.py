@@ -9,10 +9,10 @@ import pytest
 from orgmove.errors import EXIT_BAD_INPUT, RulesError
 from orgmove.graph import analyze
 from orgmove.rules import Rules, dump_rules, load_dictionary, load_rules, parse_ref, parse_rules
-from tests.test_graph import NAMESPACES, ORGS, PROJECTS, USERS, T, cat, hops, plan_of
+from tests.unit.test_graph import NAMESPACES, ORGS, PROJECTS, USERS, T, cat, hops, plan_of
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = Path(__file__).resolve().parent / "data" / "gitlab_db_docs"
+REPO = Path(__file__).resolve().parents[2]
+DOCS = Path(__file__).resolve().parents[1] / "data" / "gitlab_db_docs"
 
 
 def test_example_format_from_the_issue() -> None:

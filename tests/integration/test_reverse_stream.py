@@ -9,10 +9,9 @@ import pytest
 
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.cutover import CutoverOptions, run_cutover
-from tests.helpers import cli_ok, org_checksums, other_rows_checksums
+from tests.helpers import cli_ok, make_plan, org_checksums, other_rows_checksums
+from tests.integration.test_no_debris import NOTHING, debris_on
 from tests.orgcounts import org_row_counts
-from tests.test_copy import make_plan
-from tests.test_no_debris import NOTHING, debris_on
 from tests.world import World
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from orgmove.config import dsn_password, load_config
-from tests.helpers import REPO, orgmove_cli
-from tests.test_copy import make_plan
+from tests.helpers import REPO, make_plan, orgmove_cli
 from tests.world import TOKEN, World
 
 DOC = (REPO / "docs" / "json.md").read_text()

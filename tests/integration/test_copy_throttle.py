@@ -19,8 +19,7 @@ from orgmove.config import load_config
 from orgmove.copy import CopyOptions, CopyReport, run_copy
 from orgmove.sandbox.pgcluster import LocalCluster, _as_server_user, _hand_to_server_user, find_pg_bin, free_port
 from orgmove.sandbox.seed import seed
-from tests.helpers import org_checksums
-from tests.test_copy import make_plan
+from tests.helpers import make_plan, org_checksums
 
 pytestmark = pytest.mark.slow
 PASSWORD = "pw-replica-test-3k9"

@@ -12,9 +12,8 @@ import pytest
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.cutover import CutoverOptions, run_cutover
 from orgmove.teardown import run_rollback
-from tests.helpers import org_checksums, orgmove_cli, orgmove_popen, other_rows_checksums
+from tests.helpers import make_plan, org_checksums, orgmove_cli, orgmove_popen, other_rows_checksums
 from tests.orgcounts import org_row_counts
-from tests.test_copy import make_plan
 from tests.world import World, can_write
 
 

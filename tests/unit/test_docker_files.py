@@ -25,7 +25,7 @@ import yaml
 
 from orgmove.cli import GLOBAL_FLAGS, GLOBAL_VALUE_OPTIONS, app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"

@@ -19,8 +19,7 @@ from orgmove.cutover import CutoverOptions, run_cutover
 from orgmove.errors import RetainedWalExceeded
 from orgmove.plan import Plan, table_ident
 from orgmove.teardown import run_cleanup, run_rollback
-from tests.helpers import cli_ok
-from tests.test_copy import make_plan
+from tests.helpers import cli_ok, make_plan
 from tests.world import World
 
 pytestmark = pytest.mark.slow

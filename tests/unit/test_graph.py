@@ -6,10 +6,11 @@ import pytest
 
 from orgmove.catalog import Catalog, Column, ForeignKey, Table, UniqueKey
 from orgmove.errors import EXIT_BAD_INPUT, PlanError, RulesError, UnclassifiedTables
-from orgmove.graph import analyze, class_to_table, plural
+from orgmove.graph import analyze
 from orgmove.plan import Plan, filter_condition
 from orgmove.planner import build_plan, parse_org_key, suggest_rules_for
 from orgmove.rules import Rules, parse_rules
+from orgmove.suggest import class_to_table, plural
 
 # --- a tiny catalog builder ---------------------------------------------------------------------
 

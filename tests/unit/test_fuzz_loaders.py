@@ -18,7 +18,7 @@ from orgmove.errors import OrgmoveError
 from orgmove.plan import Plan, read_plan, write_plan
 from orgmove.rules import Rules, load_rules, parse_rules
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

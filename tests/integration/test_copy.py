@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import psycopg
 import pytest
 
-from orgmove import planner
 from orgmove.config import load_config
 from orgmove.copy import CopyOptions, run_copy
-from orgmove.plan import Plan, read_plan, write_plan
-from tests.helpers import RULES, chunk_log_duplicates, org_checksums, other_rows_checksums
+from tests.helpers import chunk_log_duplicates, make_plan, org_checksums, other_rows_checksums
 from tests.orgcounts import org_row_counts
-
-
-def make_plan(cells, org: str = "1", tmp: Path | None = None) -> tuple[Plan, Path]:
-    config = load_config(cells.config_path)
-    plan = planner.make_plan(config, org, "cell-1", "cell-2", RULES)
-    path = (tmp or cells.config_path.parent) / f"org-{org}.plan.json"
-    write_plan(plan, path)
-    return read_plan(path), path
 
 
 def test_copy_makes_target_equal_and_leaves_other_orgs_alone(cells) -> None:

@@ -11,8 +11,7 @@ import pytest
 from orgmove.config import load_config
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.verify import VerifyOptions, run_verify
-from tests.helpers import orgmove_cli
-from tests.test_copy import make_plan
+from tests.helpers import make_plan, orgmove_cli
 
 
 def _copied(cells):

@@ -12,7 +12,7 @@ import pytest
 from orgmove.copy import CopyOptions, run_copy
 from orgmove.cutover import CutoverOptions, run_cutover
 from orgmove.verify import VerifyOptions, run_verify
-from tests.test_copy import make_plan
+from tests.helpers import make_plan
 from tests.workload import Workload
 from tests.world import World
 

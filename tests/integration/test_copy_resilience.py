@@ -14,9 +14,8 @@ from psycopg import conninfo
 
 from orgmove.config import load_config
 from orgmove.copy import CopyOptions, run_copy
-from tests.helpers import chunk_log_duplicates, org_checksums, orgmove_cli, orgmove_popen
+from tests.helpers import chunk_log_duplicates, make_plan, org_checksums, orgmove_cli, orgmove_popen
 from tests.proxy import tcp_proxy
-from tests.test_copy import make_plan
 
 pytestmark = pytest.mark.slow
 

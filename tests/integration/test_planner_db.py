@@ -38,9 +38,9 @@ from orgmove.sandbox.seed import CELL_LOCAL_TABLES, CLUSTER_WIDE_TABLES, ORG_TAB
 from tests.orgcounts import org_row_counts
 from tests.pgfixtures import Servers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RULES = str(REPO / "plans" / "gitlab.rules.yaml")
-DOCS = str(Path(__file__).resolve().parent / "data" / "gitlab_db_docs")
+DOCS = str(Path(__file__).resolve().parents[1] / "data" / "gitlab_db_docs")
 
 
 @dataclass
