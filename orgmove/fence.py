@@ -16,7 +16,7 @@ from psycopg import sql
 
 from orgmove.errors import CutoverAborted, PreflightFailed
 from orgmove.obs import log
-from orgmove.plan import Plan, Step, filter_condition, table_ident
+from orgmove.plan import Hop, Plan, Step, cast_type, table_ident
 
 
 def fence_function_installed(conn: psycopg.Connection[Any]) -> bool:
@@ -143,11 +143,36 @@ def gate_names(move_key: str) -> GateNames:
     return GateNames(hashlib.sha256(move_key.encode()).hexdigest()[:12])
 
 
+def _path_in_org(hops: list[Hop], plan: Plan, row: str, depth: int = 0) -> sql.Composable:
+    """One join path as correlated lookups from the trigger's row (``NEW``/``OLD``) through the
+    parents' keys: one index probe per hop, whatever the size of the org."""
+    org = sql.SQL("{}::{}").format(sql.Literal(plan.org), cast_type(plan.root.key_type))
+
+    def col(name: str) -> sql.Composable:
+        return sql.SQL("{}.{}").format(sql.SQL(row), sql.Identifier(name))
+
+    if not hops:
+        return sql.SQL("{} = {}").format(col(plan.root.key), org)
+    hop, rest = hops[0], hops[1:]
+    if not rest and hop.ref_table == plan.root.table and hop.ref_columns == [plan.root.key]:
+        cond: sql.Composable = sql.SQL("{} = {}").format(col(hop.columns[0]), org)
+    else:
+        alias = f"gate_hop_{depth}"
+        match = sql.SQL(" AND ").join(
+            sql.SQL("{}.{} = {}").format(sql.Identifier(alias), sql.Identifier(rc), col(c))
+            for c, rc in zip(hop.columns, hop.ref_columns, strict=True))
+        cond = sql.SQL("EXISTS (SELECT 1 FROM {t} AS {a} WHERE {m} AND {r})").format(
+            t=table_ident(hop.ref_table), a=sql.Identifier(alias), m=match,
+            r=_path_in_org(rest, plan, alias, depth + 1))
+    if hop.type_column is not None:
+        cond = sql.SQL("({} = {} AND {})").format(col(hop.type_column), sql.Literal(hop.type_value), cond)
+    return cond
+
+
 def _row_in_org(step: Step, plan: Plan, record: str) -> sql.Composable:
-    """``EXISTS`` over the trigger's NEW or OLD row: the plan's filter (the join paths, through
-    the parents' primary keys) applied to a one-row derived table."""
-    return sql.SQL("EXISTS (SELECT 1 FROM (SELECT {rec}.*) AS gate_row WHERE {cond})").format(
-        rec=sql.SQL(record), cond=filter_condition(step, plan.root, plan.org))
+    """Does the trigger's ``NEW`` or ``OLD`` row belong to the org: the plan's join paths."""
+    paths = [_path_in_org(list(p.hops), plan, record) for p in step.filter]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(paths)) if len(paths) > 1 else paths[0]
 
 
 def gate_function_sql(plan: Plan, step: Step, step_no: int) -> sql.Composed:
