@@ -220,6 +220,9 @@ def cutover(
     yes: YesOpt = False,
     max_freeze: MaxFreezeOpt = None,
     workers: WorkersOpt = None,
+    reverse_stream: Annotated[bool, typer.Option(
+        "--reverse-stream", help="Stream the target's writes back to the source from the flip on, "
+        "so `orgmove rollback` after the flip loses none of them.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fence writes, sync, verify, flip the org's claims with compare-and-swap.
@@ -236,7 +239,7 @@ def cutover(
     report = run_cutover(
         the_plan, config,
         CutoverOptions(dry_run=dry_run, max_freeze_s=max_freeze or config.defaults.max_freeze_s,
-                       workers=workers or config.defaults.workers),
+                       workers=workers or config.defaults.workers, reverse_stream=reverse_stream),
         s.progress(),
     )
     s.emit({"command": "cutover", **report.to_json()}, lambda: out.print(report.human(str(plan_file))))

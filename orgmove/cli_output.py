@@ -178,3 +178,17 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
 def print_status(doc: dict[str, Any]) -> None:
     for line in status_lines(doc):
         out.print(line, markup=False)
+    out.print(slots_text(doc), markup=False)
+
+
+def slots_text(doc: dict[str, Any]) -> str:
+    """The plain-text section ``orgmove status`` prints for the slots."""
+    slots = doc.get("slots") or []
+    if not slots:
+        return "replication slots: none of orgmove's on any cell"
+    lines = [f"replication slots (limit {doc.get('max_retained_wal_mb'):g} MB retained WAL):"]
+    for s in slots:
+        flag = "  OVER LIMIT" if s.get("over_limit") else ""
+        lines.append(f"  {s['cell']:<10} {s['slot']:<40} {s['retained_wal_mb']:>10.1f} MB  "
+                     f"{'active' if s['active'] else 'idle'} {s.get('wal_status') or ''}{flag}")
+    return "\n".join(lines)

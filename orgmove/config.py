@@ -73,6 +73,9 @@ class Defaults(BaseModel):
     lock_timeout_s: float = Field(default=5.0, gt=0)
     lease_ttl_s: float = Field(default=600.0, gt=0)
     max_freeze_s: float = Field(default=300.0, gt=0)
+    # WAL a move's replication slot may keep on the source before the guard stops the move and
+    # drops the slot (orgmove/capture_guard.py): a dead move must never fill the source's disk.
+    max_retained_wal_mb: float = Field(default=10_240.0, gt=0)
     plans_dir: str = "plans"
     rules: str | None = None
 

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, state, triggers
+from orgmove import capture_guard, db, fence, state, triggers
 from orgmove.chunking import (
     WHOLE,
     KeyRange,
@@ -553,6 +553,10 @@ def run_copy(
                 f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
             )
         with _exclusive_move_lock(dst, plan):
+            # The gate goes in before the snapshot: every write after it can be fenced (ADR 0005).
+            with db.wrap_errors(ctx.source, "installing the write gate"):
+                gated = fence.ensure_gate(src, plan)
+            capture_guard.check(src, dst, plan, config.defaults.max_retained_wal_mb)
             holder = SnapshotHolder(ctx)
             try:
                 snapshot_id = holder.export()
@@ -572,7 +576,8 @@ def run_copy(
                 )
                 report.snapshot_consistent = consistent
                 state.record_event(dst, plan.move_key, "copy_started", "copy started",
-                                   snapshot=snapshot_id, chunks=len(chunks), done_before=done_before)
+                                   snapshot=snapshot_id, chunks=len(chunks), done_before=done_before,
+                                   write_gate=gated)
                 steps = {s.table: s for s in plan.steps}
                 pending: dict[str, list[ChunkTask]] = {s.table: [] for s in plan.steps}
                 for s in plan.steps:
@@ -616,6 +621,8 @@ def run_copy(
                     progress.finish()
             finally:
                 holder.close()
+            with ctx.connect_source("control") as src_now, ctx.connect_target("control") as dst_now:
+                capture_guard.check(src_now, dst_now, plan, config.defaults.max_retained_wal_mb)
             report.snapshots = holder.exports
             report.snapshot_consistent = report.snapshot_consistent and holder.exports == 1
             report.seconds = time.monotonic() - started

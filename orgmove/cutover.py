@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from orgmove import db, fkcheck, state, triggers
+from orgmove import db, fkcheck, reverse, state, triggers
 from orgmove.config import Config
 from orgmove.errors import (
     BadInput,
@@ -57,6 +57,7 @@ class CutoverOptions:
     lease_ttl_s: float | None = None
     workers: int = 2
     drain_timeout_s: float | None = None
+    reverse_stream: bool = False  # a stream target -> source from the flip, for rollback (reverse.py)
 
 
 @dataclass
@@ -276,6 +277,9 @@ def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: Cutover
                 "checksum pass dominates, or cut over at a quieter time",
             )
 
+        if options.reverse_stream:
+            with db.wrap_errors(ctx.target, "creating the reverse stream"):
+                reverse.prepare(src, dst, plan)
         # 1. lease
         mv = topo.begin_move(org_int(plan), plan.from_cell, plan.to_cell, ttl)
         report.topology_move_id = str(mv.move_id)
@@ -333,6 +337,8 @@ def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: Cutover
             # The source fence becomes permanent before the flip: should the mover die right after
             # the flip, no write can land on the source once the target owns the org.
             make_fence_permanent(src, str(plan.org))
+            if options.reverse_stream:
+                reverse.mark_flip(src, dst, plan)
             # 5. flip
             t_commit = time.monotonic()
             committed = _commit(topo, mv, plan.from_cell)

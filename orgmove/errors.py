@@ -189,6 +189,13 @@ class CopyFailed(PermanentError):
     code = "copy_failed"
 
 
+class RetainedWalExceeded(OrgmoveError):
+    """A move's replication slot kept more WAL than ``defaults.max_retained_wal_mb``: the guard
+    dropped the slot and stopped the move (orgmove/capture_guard.py)."""
+
+    code = "retained_wal_exceeded"
+
+
 class CutoverAborted(OrgmoveError):
     code = "cutover_aborted"
 

@@ -59,7 +59,8 @@ _ENTERED_FROM: dict[MoveState, frozenset[MoveState]] = {
     MoveState.COMMITTED: frozenset({MoveState.CUTOVER}),
     MoveState.ABORTED: frozenset({MoveState.COPYING, MoveState.COPIED, MoveState.VERIFIED,
                                   MoveState.CUTOVER}),
-    MoveState.ROLLED_BACK: _BEFORE_FLIP,
+    # before the flip; after it only through the reverse stream (orgmove/reverse.py)
+    MoveState.ROLLED_BACK: _BEFORE_FLIP | {MoveState.COMMITTED},
     MoveState.CLEANING: frozenset({MoveState.COMMITTED, MoveState.CLEANED}),
     MoveState.CLEANED: frozenset({MoveState.CLEANING}),
 }

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from orgmove import db, state
+from orgmove import db, debris, fence, state
 from orgmove.config import Config
 from orgmove.errors import OrgmoveError
 from orgmove.plan import Plan
@@ -68,7 +68,8 @@ def move_status(config: Config, *, plan: Plan | None = None, org: str | None = N
         except psycopg.Error as exc:  # e.g. a least-privileged role that may not read the state
             unreachable[cell] = db.translate(exc, cell=cell).message
     doc: dict[str, Any] = {"org": org_key, "moves": moves, "unreachable_cells": unreachable,
-                           "owner": None, "org_state": None, "lease": None}
+                           "owner": None, "org_state": None, "lease": None,
+                           **cell_capture_status(config, unreachable)}
     if config.topology is not None:
         from orgmove.topology.client import client_from_config
 
@@ -98,3 +99,26 @@ def topology_status(client: TopologyAPI, org_key: str) -> dict[str, Any]:
     except (ValueError, OrgmoveError) as exc:
         doc["topology_error"] = str(exc)
     return doc
+
+
+def cell_capture_status(config: Config, unreachable: dict[str, str]) -> dict[str, Any]:
+    """Every orgmove_* replication slot on every Cell with its retained WAL (whoever's move made
+    it: an abandoned slot of another organization fills the same disk), and every gate trigger."""
+    slots: list[dict[str, Any]] = []
+    gates: list[dict[str, str]] = []
+    limit_mb = config.defaults.max_retained_wal_mb
+    for cell in sorted(config.cells):
+        if cell in unreachable:
+            continue
+        try:
+            with db.connect(config.cell_dsn(cell), cell=cell, application_name="orgmove/status",
+                            autocommit=True) as conn:
+                for slot in debris.orgmove_slots(conn, cell):
+                    slots.append({**slot.to_json(),
+                                  "over_limit": slot.retained_wal_bytes > limit_mb * 1048576})
+                gates += [{"cell": cell, "table": t, "trigger": g} for t, g in fence.gate_triggers_on(conn)]
+        except OrgmoveError as exc:
+            unreachable[cell] = exc.message
+        except psycopg.Error as exc:
+            unreachable[cell] = db.translate(exc, cell=cell).message
+    return {"slots": slots, "max_retained_wal_mb": limit_mb, "gate_triggers": gates}

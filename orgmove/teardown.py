@@ -12,12 +12,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, state
+from orgmove import db, debris, reverse, state
 from orgmove.chunking import WHOLE, org_rows_where
 from orgmove.config import Config
 from orgmove.cutover import org_int, topology_client
 from orgmove.errors import MoveStateError, PreflightFailed
-from orgmove.fence import has_fence, lift_fence
+from orgmove.fence import bypass_gate, has_fence, lift_fence
 from orgmove.movectx import MoveContext
 from orgmove.obs import NullProgress, ProgressSink, log
 from orgmove.plan import Plan, Step, table_ident
@@ -67,14 +67,18 @@ def run_rollback(plan: Plan, config: Config, plan_file: str = "PLAN",
     with ctx.control("rollback") as (src, dst):
         move = state.get_move(dst, plan.move_key)
         if move is not None and move.state in state.AFTER_FLIP:
+            if (move.state == state.MoveState.COMMITTED and config.topology is not None
+                    and reverse.has_reverse_stream(dst, plan)):
+                return _rollback_after_flip(ctx, src, dst, plan, config)
             raise MoveStateError(
                 f"move {plan.move_key} was committed: organization {plan.org} lives on {plan.to_cell}; "
-                "rollback only undoes a move before its flip, and nothing was deleted",
+                "rollback undoes a move after its flip only when its cutover ran with "
+                "--reverse-stream (and before cleanup)",
                 fix=move_back_procedure(plan, plan_file),
             )
         if move is not None and move.state == state.MoveState.ROLLED_BACK:
             return {"move": plan.move_key, "rows_deleted": 0, "tables": {}, "owner": plan.from_cell,
-                    "already_done": True}
+                    "dropped": [], "already_done": True}
         if config.topology is not None:
             with topology_client(config) as topo:
                 if move is not None and move.get("topology_move_id"):
@@ -93,6 +97,10 @@ def run_rollback(plan: Plan, config: Config, plan_file: str = "PLAN",
             confirm()
         if has_fence(src, str(plan.org)):
             lift_fence(src, str(plan.org))
+        # Slots, publications, origins and the gate go first: the target's deletes below must
+        # not be published, and the source's slot must stop retaining WAL at once.
+        with db.wrap_errors(ctx.source, "dropping the move's slot, publication and gate"):
+            dropped = debris.remove_move_debris(src, dst, plan)
         for step in reversed(plan.steps):
             with db.wrap_errors(ctx.target, f"delete {step.table}"):
                 deleted[step.table] = _delete_org_rows(dst, step, plan, 10_000)
@@ -102,7 +110,32 @@ def run_rollback(plan: Plan, config: Config, plan_file: str = "PLAN",
             state.record_event(dst, plan.move_key, "rolled_back", "copied rows deleted from the target",
                                rows=sum(deleted.values()))
     return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
-            "owner": plan.from_cell, "already_done": False}
+            "owner": plan.from_cell, "dropped": dropped, "already_done": False}
+
+
+def _rollback_after_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any],
+                         plan: Plan, config: Config) -> dict[str, Any]:
+    """The reverse stream brings the target's writes back, the claims flip back, then the
+    target's copy of the org and everything the move made go (runbooks/15-rollback-after-the-flip.md)."""
+    with topology_client(config) as topo:
+        doc = reverse.rollback_after_flip(ctx, src, dst, topo, config, org_int(plan))
+    reverse.moved_back_state(dst, plan, doc["rows_applied_back"])
+    with db.wrap_errors(ctx.target, "dropping the move's slots and publications"):
+        dropped = debris.remove_capture(src, dst, plan.move_key)
+    bypass_gate(dst, reverse.reversed_plan(plan).move_key)
+    deleted: dict[str, int] = {}
+    for step in reversed(plan.steps):
+        with db.wrap_errors(ctx.target, f"delete {step.table}"):
+            deleted[step.table] = _delete_org_rows(dst, step, plan, 10_000)
+    with db.wrap_errors(ctx.target, "dropping the move's gates"):
+        dropped += debris.remove_move_debris(src, dst, plan)
+        reverse.drop_target_side(dst, plan)
+    state.forget_chunks(dst, plan.move_key)
+    state.update_move(dst, plan.move_key, state=state.MoveState.ROLLED_BACK, last_error=None)
+    state.record_event(dst, plan.move_key, "rolled_back", "moved back to the source with the reverse stream",
+                       rows=sum(deleted.values()))
+    return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
+            "owner": plan.from_cell, "dropped": dropped, "already_done": False, **doc}
 
 
 def _abort_topology_move(topo: TopologyAPI, plan: Plan, move_id: str) -> None:
@@ -131,7 +164,7 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
                 fix="finish the move with `orgmove cutover` first",
             )
         if move.state == state.MoveState.CLEANED:
-            return {"move": plan.move_key, "rows_deleted": 0, "tables": {}, "already_done": True}
+            return {"move": plan.move_key, "rows_deleted": 0, "tables": {}, "dropped": [], "already_done": True}
         if not move.get("verify_clean"):
             raise MoveStateError(f"move {plan.move_key} has no clean verification on record",
                                  fix="run `orgmove verify` until it reports equal")
@@ -148,14 +181,23 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
             confirm()
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANING)
         progress.start("cleanup", {s.table: s.estimated_rows for s in plan.steps})
+        # The streams are done once the target owns the org: drop them first, so the deletes are
+        # neither decoded into a slot nor refused by a publication (a table without a replica
+        # identity may not publish deletes).
+        with db.wrap_errors(ctx.source, "dropping the move's slots and publications"):
+            dropped = debris.remove_capture(src, dst, plan.move_key)
+        # The gate keeps refusing every other writer of the moved org while its rows go.
+        bypass_gate(src, plan.move_key)
         try:
             for step in reversed(plan.steps):
                 with db.wrap_errors(ctx.source, f"delete {step.table}"):
                     deleted[step.table] = _delete_org_rows(src, step, plan, batch_rows, progress, pause_s)
         finally:
             progress.finish()
+        with db.wrap_errors(ctx.source, "dropping the move's gate"):
+            dropped += debris.remove_move_debris(src, dst, plan)
         state.update_move(dst, plan.move_key, state=state.MoveState.CLEANED)
         state.record_event(dst, plan.move_key, "cleaned", "source rows deleted",
-                           rows=sum(deleted.values()))
+                           rows=sum(deleted.values()), dropped=dropped)
     return {"move": plan.move_key, "rows_deleted": sum(deleted.values()), "tables": deleted,
-            "already_done": False}
+            "dropped": dropped, "already_done": False}

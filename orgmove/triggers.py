@@ -163,6 +163,9 @@ JOIN pg_class tc ON tc.oid = t.tgrelid
 JOIN pg_namespace tn ON tn.oid = tc.relnamespace
 JOIN pg_proc p ON p.oid = t.tgfoid
 WHERE NOT t.tgisinternal AND t.tgparentid = 0
+-- orgmove's own write gates (ADR 0008, orgmove/fence.py) are not the application's triggers:
+-- a gate lets orgmove's writes through unless that org is fenced on this Cell.
+  AND t.tgname NOT LIKE 'orgmove\\_gate\\_%%'
 ORDER BY 1, 2, 3
 """
 
