@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import db, state, triggers
+from orgmove import capture_setup, db, state, triggers
 from orgmove.chunking import (
     WHOLE,
     KeyRange,
@@ -89,6 +89,7 @@ class CopyReport:
     snapshot_consistent: bool = True
     retries: int = 0
     tables: dict[str, TableCopy] = field(default_factory=dict)
+    capture: dict[str, Any] | None = None  # what the copy creates for change capture
 
     @property
     def rows_per_s(self) -> float:
@@ -113,6 +114,7 @@ class CopyReport:
             "snapshots": self.snapshots,
             "snapshot_consistent": self.snapshot_consistent,
             "retries": self.retries,
+            "capture": self.capture,
             "tables": [
                 {
                     "table": t.table,
@@ -386,7 +388,7 @@ class CopyRun:
         self,
         ctx: MoveContext,
         options: CopyOptions,
-        holder: SnapshotHolder,
+        holder: SnapshotHolder | capture_setup.SlotSnapshotHolder,
         report: CopyReport,
         progress: ProgressSink,
     ) -> None:
@@ -404,7 +406,8 @@ class CopyRun:
             if self.holder.snapshot_id != stale_id:
                 return
             await asyncio.to_thread(self.holder.export)
-            self.report.snapshot_consistent = False
+            # A slot's snapshot is exact whichever slot exported it (capture_setup.py).
+            self.report.snapshot_consistent = isinstance(self.holder, capture_setup.SlotSnapshotHolder)
             log(logging.WARNING, "source snapshot was lost; remaining chunks use a new snapshot "
                 "(cutover's sync step levels the difference)", move=self.ctx.plan.move_key,
                 snapshots=self.holder.exports)
@@ -534,6 +537,9 @@ def run_copy(
         ctx.check_fingerprints(src, dst)
         with db.wrap_errors(ctx.target, "checking triggers and the replica role"):
             triggers.check_target(dst, plan)
+        with db.wrap_errors(ctx.source, "change capture pre-flight"):
+            cplan = capture_setup.preflight(ctx, src)
+        report.capture = cplan.to_json()
         if options.dry_run:
             return _dry_run(ctx, dst, options, report)
         move = state.ensure_move(dst, plan)
@@ -547,17 +553,26 @@ def run_copy(
                 f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
             )
         with _exclusive_move_lock(dst, plan):
-            holder = SnapshotHolder(ctx)
+            chunks = state.load_chunks(dst, plan.move_key)
+            holder: SnapshotHolder | capture_setup.SlotSnapshotHolder
+            if not capture_setup.move_has_capture(move) and any(c.state == "done" for c in chunks):
+                # Copied in part before change capture existed: finish it the old way (the cutover
+                # then levels it with checksum rounds).
+                holder = SnapshotHolder(ctx)
+                report.capture = None
+            else:
+                holder = capture_setup.SlotSnapshotHolder(ctx, cplan)
             try:
-                snapshot_id = holder.export()
-                chunks = state.load_chunks(dst, plan.move_key)
+                all_done = bool(chunks) and all(c.state == "done" for c in chunks)
+                snapshot_id = "" if all_done else holder.export()
                 if not chunks:
                     ranges = compute_chunks(ctx, snapshot_id, options.chunk_rows)
                     for step in plan.steps:
                         state.insert_chunks(dst, plan.move_key, step.table, ranges[step.table])
                     chunks = state.load_chunks(dst, plan.move_key)
                 done_before = sum(1 for c in chunks if c.state == "done")
-                consistent = move.snapshot_consistent and done_before == 0
+                consistent = move.snapshot_consistent and (
+                    done_before == 0 or isinstance(holder, capture_setup.SlotSnapshotHolder))
                 state.update_move(
                     dst, plan.move_key, state=state.MoveState.COPYING, snapshots=move.snapshots + 1,
                     snapshot_consistent=consistent,
@@ -607,7 +622,8 @@ def run_copy(
             finally:
                 holder.close()
             report.snapshots = holder.exports
-            report.snapshot_consistent = report.snapshot_consistent and holder.exports == 1
+            exact = isinstance(holder, capture_setup.SlotSnapshotHolder)
+            report.snapshot_consistent = report.snapshot_consistent and (exact or holder.exports == 1)
             report.seconds = time.monotonic() - started
             # The control connection may have been cut while the workers ran: use a fresh one.
             with ctx.connect_target("control") as fresh:

@@ -211,6 +211,17 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
         )
 
+        self.sync_lag_bytes = Gauge("orgmove_sync_lag_bytes", "Source WAL not yet applied on the target",
+                                    registry=self.registry)
+        self.sync_lag_seconds = Gauge("orgmove_sync_lag_seconds", "Age of the oldest change not yet applied",
+                                      registry=self.registry)
+        self.sync_applied_lsn = Gauge("orgmove_sync_applied_lsn", "Source LSN applied on the target (as a number)",
+                                      registry=self.registry)
+        self.sync_changes = Counter("orgmove_sync_changes", "Row changes applied by the stream",
+                                    registry=self.registry)
+        self.sync_changes_per_s = Gauge("orgmove_sync_changes_per_second", "Row changes applied per second",
+                                        registry=self.registry)
+
     def write_textfile(self, path: str) -> None:
         write_to_textfile(path, self.registry)
 
