@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orgmove import __version__
+from orgmove import __version__, cli_sync
 from orgmove.config import Config, load_config, redact
 from orgmove.db import translate
 from orgmove.errors import (
@@ -649,6 +649,9 @@ def _bytes(n: int) -> str:
             return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+cli_sync.register(app, G, emit)  # `orgmove sync` (orgmove/cli_sync.py)
 
 
 # --- entry point ---------------------------------------------------------------------------------

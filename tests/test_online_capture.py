@@ -62,3 +62,50 @@ def test_writes_during_copy_land_exactly_once(cells, monkeypatch: pytest.MonkeyP
     with psycopg.connect(dst) as conn:
         found = conn.execute("SELECT title, length(description) FROM issues WHERE id = %s", (toasted,)).fetchone()
     assert found == ("TOAST kept", 6400)  # the UPDATE did not send the description: never written as NULL
+
+
+def _write_after_copy(src: str, steps: int) -> None:
+    import random
+
+    from tests.online_writers import one_write
+
+    rng = random.Random(3)
+    with psycopg.connect(src, autocommit=True) as conn:
+        for step in range(steps):
+            one_write(conn, rng, (1, 3)[step % 2], step)
+
+
+@pytest.mark.parametrize("kills", [[
+    "apply.before_commit=exit@1", "apply.after_commit=exit@1", "apply.before_commit=exit@2",
+    "apply.after_commit=exit@3", "sigkill",
+]])
+def test_kill_9_during_sync_neither_loses_nor_doubles(cells, kills: list[str]) -> None:
+    import os
+    import signal
+    import time
+
+    from tests.helpers import cli_ok, orgmove_popen
+
+    plan, path = make_plan(cells)
+    config = load_config(cells.config_path)
+    src, dst = cells.dsn("cell-1"), cells.dsn("cell-2")
+    run_copy(plan, config, CopyOptions(workers=2, chunk_rows=25))
+    _write_after_copy(src, 700)
+    with psycopg.connect(dst) as conn:
+        row = conn.execute("SELECT count(*) FROM web_hook_logs_archive").fetchone()
+    assert row is not None
+    args = ("--config", str(cells.config_path), "sync", str(path), "--until-caught-up", "--max-lag-s", "5",
+            "--max-seconds", "60", "--json")
+    for kill in kills:
+        if kill == "sigkill":
+            proc = orgmove_popen(*args)
+            time.sleep(2.5)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+            continue
+        proc = orgmove_popen(*args, env={"ORGMOVE_FAILPOINTS": kill})
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 137, (kill, proc.returncode, stderr)
+    doc = cli_ok(cells.config_path, *args[2:])
+    assert doc["caught_up"] is True
+    assert org_checksums(dst, plan) == org_checksums(src, plan)  # duplicates in the keyless table count
