@@ -461,8 +461,9 @@ class Applier:
     def _touch(self, table: TargetTable, row: dict[str, ColumnValue]) -> None:
         if self.move_key is None:
             return
-        key = _key_of(table, row) if table.relation.key_columns and table.relation.replica_identity != "f" else []
-        self._touched.add((table.qualified_name, json.dumps(key)))
+        keyed = table.relation.key_columns and table.relation.replica_identity != "f"
+        key = dict(zip((c.name for c in table.relation.key_columns), _key_of(table, row), strict=True)) if keyed else {}
+        self._touched.add((table.qualified_name, json.dumps(key, sort_keys=True)))
 
     def _emit(self, table: TargetTable, rendered: tuple[sql.Composed, list[ColumnValue]]) -> None:
         query, params = rendered

@@ -391,14 +391,15 @@ def record_touched(conn: psycopg.Connection[Any], move_key: str, touched: Iterab
             cur.executemany(TOUCHED_SQL, rows)
 
 
-def load_touched(conn: psycopg.Connection[Any], move_key: str) -> dict[str, list[list[str]]]:
-    result: dict[str, list[list[str]]] = {}
+def load_touched(conn: psycopg.Connection[Any], move_key: str) -> dict[str, list[dict[str, str | None]]]:
+    """table -> the keys (column -> value as text) the stream changed; ``{}`` stands for the whole table."""
+    result: dict[str, list[dict[str, str | None]]] = {}
     if not state_schema_exists(conn):
         return result
     for table, key in conn.execute(
         "SELECT table_name, key FROM orgmove.stream_touched WHERE move_key = %s", (move_key,)
     ).fetchall():
-        result.setdefault(table, []).append(list(key))
+        result.setdefault(table, []).append(dict(key))
     return result
 
 

@@ -102,8 +102,8 @@ ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS sync_caught_up boolean;
 -- the stream skips its changes committed at or before that LSN (they are in the copy).
 ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS stream_skip jsonb NOT NULL DEFAULT '{}';
 
--- Rows the stream changed on the target (key as a JSON array of text values; '[]' for a table
--- without a key: the whole table's org rows). The cutover's final check hashes exactly these on
+-- Rows the stream changed on the target (key as a JSON object column -> text value; '{}' for a
+-- table without a key: the whole table's org rows). The cutover's final check hashes exactly these on
 -- both Cells instead of the whole organization. Written in the apply's own target transaction.
 CREATE TABLE IF NOT EXISTS orgmove.stream_touched (
     move_key   text NOT NULL,
