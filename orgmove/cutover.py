@@ -339,6 +339,7 @@ def _fence_and_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg
         # The stream is finished: its slot must not keep WAL on the old owner.
         stream.close()
         capture_setup.drop_capture(ctx, src, dst)
+        state.forget_capture(dst, plan.move_key)
         state.record_event(dst, plan.move_key, "capture_dropped", "slot and publication dropped after the flip")
     return report
 

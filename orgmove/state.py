@@ -364,6 +364,7 @@ def forget_capture(conn: psycopg.Connection[Any], move_key: str) -> None:
                 consistent_lsn=None, sync_at=None, sync_lag_bytes=None, sync_lag_s=None,
                 sync_changes_per_s=None, sync_caught_up=None)
     with conn.transaction():
+        conn.execute("UPDATE orgmove.moves SET stream_skip = '{}' WHERE move_key = %s", (move_key,))
         conn.execute("DELETE FROM orgmove.stream_touched WHERE move_key = %s", (move_key,))
 
 
