@@ -109,3 +109,23 @@ def test_kill_9_during_sync_neither_loses_nor_doubles(cells, kills: list[str]) -
     doc = cli_ok(cells.config_path, *args[2:])
     assert doc["caught_up"] is True
     assert org_checksums(dst, plan) == org_checksums(src, plan)  # duplicates in the keyless table count
+
+
+def test_ddl_on_a_planned_table_during_sync_exits_2_naming_it(cells) -> None:
+    from tests.helpers import orgmove_cli
+
+    plan, path = make_plan(cells)
+    config = load_config(cells.config_path)
+    src, dst = cells.dsn("cell-1"), cells.dsn("cell-2")
+    run_copy(plan, config, CopyOptions(workers=2, chunk_rows=25))
+    _write_after_copy(src, 20)
+    with psycopg.connect(src, autocommit=True) as conn:
+        conn.execute("ALTER TABLE issues ADD COLUMN severity integer")
+    _write_after_copy(src, 20)
+    proc = orgmove_cli("--config", str(cells.config_path), "sync", str(path), "--until-caught-up", "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "public.issues" in proc.stderr and "Traceback" not in proc.stderr
+    with psycopg.connect(dst) as conn:
+        # The target keeps the planned shape: nothing was applied against the new one.
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'issues' "
+                            "AND column_name = 'severity'").fetchone() == (0,)
