@@ -18,6 +18,7 @@ column's type; an UPDATE sets only the columns that are not unchanged TOAST.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,8 @@ class TargetTable:
 
     relation: Relation
     types: dict[str, str]  # column name -> format_type() on the target
+    # Rendered statements by shape: composing SQL per row costs more than running it.
+    cache: dict[tuple[Any, ...], str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def ident(self) -> sql.Composable:
@@ -188,7 +191,7 @@ class ApplyStats:
 class _Group:
     """Consecutive statements of one shape, run with one executemany (pipelined)."""
 
-    query: sql.Composed | None = None
+    query: sql.Composed | str | None = None
     params: list[list[ColumnValue]] = field(default_factory=list)
     expect_rows: bool = False
     table: str = ""
@@ -226,6 +229,7 @@ class Applier:
         self.fetch_source_row = fetch_source_row
         self.move_key = move_key
         self._touched: set[tuple[str, str]] = set()
+        self._pipeline: Any = None
         self._commit_lsn: LSN = 0
         self.batch_txns = max(1, batch_txns)
         self.group_rows = group_rows
@@ -269,6 +273,8 @@ class Applier:
         """Roll back an unfinished batch and leave the origin session (the connection stays)."""
         if self.conn.closed:
             return
+        with contextlib.suppress(Exception):
+            self._end_pipeline()
         self.conn.rollback()
         self.conn.autocommit = True
         self.conn.execute("SELECT pg_replication_origin_session_reset()")
@@ -374,7 +380,7 @@ class Applier:
             new = dict(zip(cols, message.new, strict=True))
             if not self._decide(name, None, new, self._belongs(name, new)):
                 return
-            self._emit(table, render_upsert(table, message.new) if keyed else render_insert(table, message.new))
+            self._emit(table, _cached_upsert(table, message.new) if keyed else render_insert(table, message.new))
             self._touch(table, new)
         elif isinstance(message, Update):
             self._update(table, keyed, cols, message)
@@ -385,7 +391,7 @@ class Applier:
                     return
             else:
                 self._decide(name, old, None, None)  # deleting by key is a no-op for other orgs' rows
-            self._emit(table, render_delete(table, message.old, message.old_kind))
+            self._emit(table, _cached_delete(table, message.old, message.old_kind))
             self._touch(table, old)
 
     def _belongs(self, table: str, row: dict[str, ColumnValue]) -> bool | None:
@@ -441,7 +447,7 @@ class Applier:
             self._touch(table, old)
         self._touch(table, new)
         if not any(v is UNCHANGED_TOAST for v in message.new):
-            self._emit(table, render_upsert(table, message.new))
+            self._emit(table, _cached_upsert(table, message.new))
             return
         # Unchanged TOAST: set only the columns sent; a row the target lacks (moved into the org)
         # is read whole from the source.
@@ -449,6 +455,7 @@ class Applier:
         if rendered is None:
             return
         self._run_group()
+        self._end_pipeline()  # the row count is needed now
         with self.conn.cursor() as cur:
             cur.execute(rendered[0], rendered[1])
             found = cur.rowcount
@@ -465,7 +472,7 @@ class Applier:
         key = dict(zip((c.name for c in table.relation.key_columns), _key_of(table, row), strict=True)) if keyed else {}
         self._touched.add((table.qualified_name, json.dumps(key, sort_keys=True)))
 
-    def _emit(self, table: TargetTable, rendered: tuple[sql.Composed, list[ColumnValue]]) -> None:
+    def _emit(self, table: TargetTable, rendered: tuple[sql.Composed | str, list[ColumnValue]]) -> None:
         query, params = rendered
         group = self._group
         if group.query is not None and (group.query != query or len(group.params) >= self.group_rows):
@@ -479,9 +486,19 @@ class Applier:
         group = self._group
         if group.query is None:
             return
+        # Pipeline mode: statements of the open target transaction are sent without waiting for
+        # each result; the results are read when the pipeline ends (before the commit).
+        if self._pipeline is None:
+            self._pipeline = self.conn.pipeline()
+            self._pipeline.__enter__()
         with self.conn.cursor() as cur:
             cur.executemany(group.query, group.params)
         self._group = _Group()
+
+    def _end_pipeline(self) -> None:
+        if self._pipeline is not None:
+            pipeline, self._pipeline = self._pipeline, None
+            pipeline.__exit__(None, None, None)
 
     def _commit(self, commit: Commit | StreamCommit) -> None:
         self.in_source_transaction = False
@@ -507,6 +524,7 @@ class Applier:
                 self.conn.rollback()  # only catalog reads (Relation messages of skipped transactions)
             return None
         self._run_group()
+        self._end_pipeline()
         if self._touched and self.move_key is not None:
             state.record_touched(self.conn, self.move_key, sorted(self._touched))
             self._touched.clear()
@@ -525,6 +543,26 @@ class Applier:
         if self.on_commit is not None:
             self.on_commit(commit.end_lsn)
         return commit.end_lsn
+
+
+def _cached_upsert(table: TargetTable, new: TupleData) -> tuple[str, list[ColumnValue]]:
+    query = table.cache.get(("upsert",))
+    if query is None:
+        query = table.cache[("upsert",)] = render_upsert(table, new)[0].as_string(None)
+    return query, list(new)
+
+
+def _cached_delete(table: TargetTable, old: TupleData, old_kind: str) -> tuple[str, list[ColumnValue]]:
+    shape = ("delete", old_kind, tuple(v is None or v is UNCHANGED_TOAST for v in old))
+    query = table.cache.get(shape)
+    if query is None:
+        composed, params = render_delete(table, old, old_kind)
+        table.cache[shape] = composed.as_string(None)
+        return table.cache[shape], params
+    full = identity_is_full(table, old_kind)
+    params = [v for col, v in zip(table.relation.columns, old, strict=True)
+              if (col.is_key or full) and v is not None and v is not UNCHANGED_TOAST]
+    return query, params
 
 
 def _key_of(table: TargetTable, row: Mapping[str, ColumnValue]) -> list[str | None]:
