@@ -129,3 +129,28 @@ def test_ddl_on_a_planned_table_during_sync_exits_2_naming_it(cells) -> None:
         # The target keeps the planned shape: nothing was applied against the new one.
         assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'issues' "
                             "AND column_name = 'severity'").fetchone() == (0,)
+
+
+def test_copy_killed_and_resumed_under_writes_meets_the_stream_exactly(cells) -> None:
+    from tests.helpers import cli_ok, orgmove_popen
+
+    plan, path = make_plan(cells)
+    src, dst = cells.dsn("cell-1"), cells.dsn("cell-2")
+    writers = Writers(src).start()
+    try:
+        proc = orgmove_popen("--config", str(cells.config_path), "copy", str(path), "--chunk-rows", "25",
+                             env={"ORGMOVE_FAILPOINTS": "copy.after_commit=exit@6"})
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 137, stderr
+        resumed = cli_ok(cells.config_path, "copy", str(path), "--chunk-rows", "25", "--json")
+    finally:
+        writers.stop()
+    assert resumed["chunks"]["skipped"] >= 6 and resumed["snapshot_consistent"] is True
+    assert not writers.errors, writers.errors
+    with psycopg.connect(dst) as conn:
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM orgmove.events WHERE move_key = %s ORDER BY id",
+                                            (plan.move_key,)).fetchall()]
+    assert "capture_created" in kinds and "capture_resumed" in kinds
+    assert _slot_rows(src, capture_names(plan.move_key).slot + "_r") == []  # the temporary slot is gone
+    cli_ok(cells.config_path, "sync", str(path), "--until-caught-up", "--json")
+    assert org_checksums(dst, plan) == org_checksums(src, plan)  # incl. duplicates of the keyless table
