@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,10 @@ def _hash_query(plan: Plan, step: Step, columns: list[str] | None) -> sql.Compos
     ).format(sql.SQL(", ").join(sql.Identifier(c) for c in step.columns), table_ident(step.table), where)
 
 
+def _fetch_one(conn: psycopg.Connection[Any], query: sql.Composed, params: list[Any]) -> Any:
+    return conn.execute(query, params).fetchone()
+
+
 def touched_check(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any]) -> TouchedResult:
     """Hash the rows the stream touched on both Cells; raise VerificationMismatch when they differ."""
     plan = ctx.plan
@@ -119,8 +124,11 @@ def touched_check(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.C
                 batches.append((columns, [[k.get(c) for k in part] for c in columns]))
         for key_columns, arrays in batches:
             query = _hash_query(plan, step, key_columns)
-            a = src.execute(query, arrays).fetchone()
-            b = dst.execute(query, arrays).fetchone()
+            # Both Cells at once: the check is inside the freeze.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                on_source = pool.submit(_fetch_one, src, query, arrays)
+                b = dst.execute(query, arrays).fetchone()
+                a = on_source.result()
             assert a is not None and b is not None
             result.rows += int(a[0])
             if tuple(a) != tuple(b):
