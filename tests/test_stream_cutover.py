@@ -84,3 +84,17 @@ def test_kill_9_during_the_cutover_then_rerun_completes(world: World, point: str
     assert doc["committed"] is True
     assert world.owner(1) == "cell-2"
     assert org_checksums(dst, plan) == org_checksums(src, plan)  # nothing lost, nothing doubled
+
+
+def test_final_check_catches_a_touched_row_that_differs_and_aborts(world: World) -> None:
+    plan, path = _copied(world)
+    src, dst = world.dsn("cell-1"), world.dsn("cell-2")
+    _write_after_copy(src, 50)
+    cli_ok(world.config_path, "sync", str(path), "--until-caught-up", "--json")
+    with psycopg.connect(dst, autocommit=True) as conn:  # a write on the target behind orgmove's back
+        changed = conn.execute("UPDATE notes SET note = 'tampered' WHERE id = (SELECT max(id) FROM notes "
+                               "WHERE note LIKE 'note %%')").rowcount
+    assert changed == 1
+    doc = cli_ok(world.config_path, "cutover", str(path), "--yes", "--max-freeze", "10", "--json", code=3)
+    assert "public.notes" in doc["error"]["message"]
+    assert world.owner(1) == "cell-1" and can_write(src, 1)  # aborted: the org stays on the source
