@@ -26,6 +26,7 @@ from common import REPO  # noqa: F401  (puts the repository on sys.path)
 
 from orgmove.apply import Applier, reset_origin
 from orgmove.capture import ChangeStream, create_slot_with_snapshot, current_wal_lsn
+from orgmove.pgoutput import Decoder
 from orgmove.sandbox.pgcluster import LocalCluster, free_port
 
 ROWS_PER_TXN = 4
@@ -89,7 +90,7 @@ def main() -> int:
         with psycopg.connect(src, autocommit=True) as conn:
             conn.execute("CREATE PUBLICATION bench FOR TABLE items")
         # Both slots exist before the first change: both appliers face the same backlog.
-        for slot in ("bench_native", "bench_orgmove"):
+        for slot in ("bench_native", "bench_orgmove", "bench_decode"):
             create_slot_with_snapshot(src, slot, cell="source", application_name="bench").release()
         t = time.monotonic()
         changes = workload(src, txns)
@@ -129,6 +130,16 @@ def main() -> int:
         with psycopg.connect(dst_cluster.dsn("native")) as a, psycopg.connect(dst_cluster.dsn("orgmove")) as b:
             q = "SELECT count(*), md5(string_agg(items::text, ',' ORDER BY id)) FROM items"
             same = a.execute(q).fetchone() == b.execute(q).fetchone()
+        # decode only: the same messages through orgmove's pgoutput decoder, no I/O in the timing
+        with psycopg.connect(src, autocommit=True) as conn:
+            payloads = [bytes(r[0]) for r in conn.execute(
+                "SELECT data FROM pg_logical_slot_get_binary_changes('bench_decode', NULL, NULL, "
+                "'proto_version', '1', 'publication_names', 'bench')").fetchall()]
+        t = time.monotonic()
+        decoder = Decoder()
+        for payload in payloads:
+            decoder.decode(payload)
+        decode_s = time.monotonic() - t
         with psycopg.connect(dst_cluster.dsn("native"), autocommit=True) as conn:
             conn.execute("ALTER SUBSCRIPTION bench DISABLE")
             conn.execute("ALTER SUBSCRIPTION bench SET (slot_name = NONE)")
@@ -138,6 +149,7 @@ def main() -> int:
             c.stop("immediate")
         shutil.rmtree(base, ignore_errors=True)
     native_rate, orgmove_rate = changes / native_s, changes / orgmove_s
+    print(f"decode_messages_per_s={len(payloads) / decode_s:.0f} ({len(payloads)} messages)")
     print(f"native_rows_per_s={native_rate:.0f}")
     print(f"orgmove_rows_per_s={orgmove_rate:.0f}")
     print(f"same_result={same}")
