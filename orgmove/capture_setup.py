@@ -91,15 +91,25 @@ def capture_plan(conn: psycopg.Connection[Any], plan: Plan) -> CapturePlan:
 
 def preflight(ctx: MoveContext, src: psycopg.Connection[Any]) -> CapturePlan:
     """Exit 2 with every capture problem and its fix, before anything is written."""
-    cplan = capture_plan(src, ctx.plan)
-    facts = capture.read_capture_facts(src, cplan.names, _identity_relations(ctx.plan))
+    try:
+        cplan = capture_plan(src, ctx.plan)
+        facts = capture.read_capture_facts(src, cplan.names, _identity_relations(ctx.plan))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PreflightFailed(
+            f"the role on cell {ctx.source!r} may not read what change capture needs "
+            f"({str(exc).strip().splitlines()[0]})",
+            fix="give the source role the REPLICATION attribute and ownership of the planned tables "
+            "(docs/privileges.md), or copy without change capture (`orgmove copy --no-capture`): the "
+            "cutover then freezes writes for a checksum round of the org",
+        ) from None
     # Tables without an identity are given REPLICA IDENTITY FULL by the copy: not a problem here.
     facts = capture.CaptureFacts(**{**facts.__dict__, "tables_without_identity": ()})
     problems = capture.capture_problems(facts, cell=ctx.source)
     if problems:
         raise PreflightFailed(
             " ".join(p.message.rstrip(".") + "." for p in problems),
-            fix=" ".join(p.fix.rstrip(".") + "." for p in problems),
+            fix=" ".join(p.fix.rstrip(".") + "." for p in problems) + " Or copy without change capture "
+            "(`orgmove copy --no-capture`): the cutover then freezes writes for a checksum round of the org.",
             details={"problems": [str(p) for p in problems]},
         )
     return cplan

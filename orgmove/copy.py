@@ -59,6 +59,9 @@ class CopyOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     dry_run: bool = False
     generation: int = 0
+    # Change capture (publication + slot, ADR 0005). Off: the old copy from a plain snapshot, for
+    # roles that may not replicate; the cutover then levels the target with checksum rounds.
+    capture: bool = True
 
 
 @dataclass
@@ -537,9 +540,11 @@ def run_copy(
         ctx.check_fingerprints(src, dst)
         with db.wrap_errors(ctx.target, "checking triggers and the replica role"):
             triggers.check_target(dst, plan)
-        with db.wrap_errors(ctx.source, "change capture pre-flight"):
-            cplan = capture_setup.preflight(ctx, src)
-        report.capture = cplan.to_json()
+        cplan = None
+        if options.capture:
+            with db.wrap_errors(ctx.source, "change capture pre-flight"):
+                cplan = capture_setup.preflight(ctx, src)
+            report.capture = cplan.to_json()
         if options.dry_run:
             return _dry_run(ctx, dst, options, report)
         move = state.ensure_move(dst, plan)
@@ -555,7 +560,7 @@ def run_copy(
         with _exclusive_move_lock(dst, plan):
             chunks = state.load_chunks(dst, plan.move_key)
             holder: SnapshotHolder | capture_setup.SlotSnapshotHolder
-            if not capture_setup.move_has_capture(move) and any(c.state == "done" for c in chunks):
+            if cplan is None or (not capture_setup.move_has_capture(move) and any(c.state == "done" for c in chunks)):
                 # Copied in part before change capture existed: finish it the old way (the cutover
                 # then levels it with checksum rounds).
                 holder = SnapshotHolder(ctx)
