@@ -300,6 +300,11 @@ def copy(
             out.print(table)
             out.print(f"would copy ~{report.rows:,} rows ({_bytes(report.bytes)}) in "
                       f"{report.chunks_total} chunks")
+            if report.capture:
+                cap = report.capture
+                out.print(f"would create on {report.from_cell}: publication {cap['publication']}, logical slot "
+                          f"{cap['slot']}; on {report.to_cell}: replication origin {cap['origin']}; "
+                          f"REPLICA IDENTITY FULL: {', '.join(cap['replica_identity_full']) or 'none'}")
             return
         out.print(f"copied {report.rows:,} rows ({_bytes(report.bytes)}) in {report.seconds:.1f}s "
                   f"({report.rows_per_s:,.0f} rows/s); chunks: {report.chunks_copied} copied, "

@@ -154,3 +154,21 @@ def test_copy_killed_and_resumed_under_writes_meets_the_stream_exactly(cells) ->
     assert _slot_rows(src, capture_names(plan.move_key).slot + "_r") == []  # the temporary slot is gone
     cli_ok(cells.config_path, "sync", str(path), "--until-caught-up", "--json")
     assert org_checksums(dst, plan) == org_checksums(src, plan)  # incl. duplicates of the keyless table
+
+
+def test_copy_dry_run_lists_what_capture_creates_and_creates_nothing(cells) -> None:
+    from tests.helpers import cli_ok
+
+    plan, path = make_plan(cells)
+    names = capture_names(plan.move_key)
+    doc = cli_ok(cells.config_path, "copy", str(path), "--dry-run", "--json")
+    assert doc["capture"]["slot"] == names.slot and doc["capture"]["publication"] == names.publication
+    assert doc["capture"]["replica_identity_full"] == ["public.web_hook_logs_archive"]
+    human = cli_ok(cells.config_path, "copy", str(path), "--dry-run").stdout
+    assert f"logical slot {names.slot}" in human
+    src = cells.dsn("cell-1")
+    assert _slot_rows(src, names.slot) == []
+    with psycopg.connect(src) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
+        assert conn.execute("SELECT relreplident FROM pg_class WHERE oid = 'web_hook_logs_archive'::regclass"
+                            ).fetchone() == ("d",)
