@@ -154,17 +154,20 @@ class CatchUp:
             self.applier.handle(item.message)
 
     def _idle(self) -> None:
+        # Read the position before looking at the queue: a message the reader queues after this
+        # read lies beyond it, so "queue empty" then means everything before it was applied.
+        received = self.stream.received_lsn
         self.applier.flush()
         if not self.applier.in_source_transaction and self.stream.idle:
             # Everything sent so far is applied: the slot may let go of WAL no change of ours needs.
-            received = self.stream.received_lsn
             if received > self.applied_end:
                 self.applied_end = received
                 self.stream.confirm(received)
 
     def caught_up_to(self, lsn: LSN) -> bool:
+        received = self.stream.received_lsn  # before the queue check, as in _idle
         return (not self.applier.in_source_transaction and self.stream.idle
-                and self.stream.received_lsn >= lsn and self.applied_end >= lsn)
+                and received >= lsn and self.applied_end >= lsn)
 
     def apply_through(self, lsn: LSN, timeout_s: float) -> None:
         """Return once every source transaction committed before ``lsn`` is durable on the target."""
