@@ -36,7 +36,7 @@ from orgmove.errors import PreflightFailed
 from orgmove.movectx import MoveContext
 from orgmove.obs import log
 from orgmove.pgoutput import lsn_to_str
-from orgmove.plan import Plan, Step
+from orgmove.plan import Plan, Step, table_ident
 
 RESUME_SUFFIX = "_r"
 
@@ -55,16 +55,24 @@ class CapturePlan:
                 "replica_identity_full": self.replica_identity_full}
 
 
+def _sql_name(display: str) -> str:
+    """A plan's display name (``schema.table``, unquoted) as SQL text for ``::regclass``."""
+    return table_ident(display).as_string(None)
+
+
 def published_relations(plan: Plan) -> list[str]:
-    """The planned tables (partitioned parents stand for their leaves)."""
-    return [s.table for s in plan.steps]
+    """The planned tables as SQL names (partitioned parents stand for their leaves)."""
+    return [sql.Identifier(s.schema_name, s.name).as_string(None) for s in plan.steps]
 
 
 def _identity_relations(plan: Plan) -> list[str]:
     # Replica identity is a property of each leaf: a partitioned parent's own setting is not used.
     names: list[str] = []
     for step in plan.steps:
-        names += step.partitions or [step.table]
+        if step.partitions:
+            names += [_sql_name(p) for p in step.partitions]
+        else:
+            names.append(sql.Identifier(step.schema_name, step.name).as_string(None))
     return names
 
 
