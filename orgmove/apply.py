@@ -18,17 +18,19 @@ column's type; an UPDATE sets only the columns that are not unchanged TOAST.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 import psycopg.types.string
 from psycopg import sql
 
-from orgmove import faults
-from orgmove.errors import PermanentError
+from orgmove import faults, state
+from orgmove.errors import PermanentError, SchemaDrift
 from orgmove.pgoutput import (
     LSN,
     UNCHANGED_TOAST,
@@ -52,62 +54,11 @@ from orgmove.pgoutput import (
     lsn_to_str,
     pg_timestamp,
 )
+from orgmove.rowfilter import OrgFilter
 
 
 class ApplyFailed(PermanentError):
     code = "apply_failed"
-
-
-# --- the row filter hook --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RowChange:
-    """One decoded row change, with its relation, as the row filter sees it."""
-
-    kind: Literal["insert", "update", "delete"]
-    relation: Relation
-    new: TupleData | None
-    old: TupleData | None
-
-    def value(self, column: str, *, old: bool = False) -> ColumnValue:
-        """The column's value in the new tuple (or the old one); UNCHANGED_TOAST or None when the
-        tuple does not carry it."""
-        row = self.old if old else self.new
-        if row is None:
-            return None
-        for index, col in enumerate(self.relation.columns):
-            if col.name == column:
-                return row[index]
-        raise KeyError(column)
-
-
-RowFilter = Callable[[RowChange], bool]
-"""Decides whether a change belongs to the organization being moved (True: apply it)."""
-
-
-def apply_everything(change: RowChange) -> bool:
-    return True
-
-
-def column_equals(columns: Mapping[str, tuple[str, str]]) -> RowFilter:
-    """A direct-column filter: ``{"schema.table": (column, value_as_text)}``. Tables not listed
-    pass. An UPDATE is judged on its new tuple; a DELETE on its old tuple when that carries the
-    column, and otherwise passes (deleting by key is a no-op for a row the target does not have)."""
-
-    def keep(change: RowChange) -> bool:
-        rule = columns.get(f"{change.relation.namespace or 'pg_catalog'}.{change.relation.name}")
-        if rule is None:
-            return True
-        column, wanted = rule
-        value = change.value(column, old=change.kind == "delete")
-        if value is None and change.kind == "delete":
-            return True
-        if value is UNCHANGED_TOAST:
-            return True
-        return value == wanted
-
-    return keep
 
 
 # --- SQL rendering (pure) -------------------------------------------------------------------------
@@ -119,6 +70,8 @@ class TargetTable:
 
     relation: Relation
     types: dict[str, str]  # column name -> format_type() on the target
+    # Rendered statements by shape: composing SQL per row costs more than running it.
+    cache: dict[tuple[Any, ...], str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def ident(self) -> sql.Composable:
@@ -137,10 +90,29 @@ def render_insert(table: TargetTable, new: TupleData) -> tuple[sql.Composed, lis
     if any(v is UNCHANGED_TOAST for v in new):
         raise ApplyFailed(f"an INSERT into {table.qualified_name} carries an unchanged-TOAST marker",
                           fix="this is a decoding bug: report it with the source's PostgreSQL version")
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+    query = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})").format(
         table.ident,
         sql.SQL(", ").join(sql.Identifier(n) for n in names),
         sql.SQL(", ").join(table.placeholder(n) for n in names),
+    )
+    return query, list(new)
+
+
+def render_upsert(table: TargetTable, new: TupleData) -> tuple[sql.Composed, list[ColumnValue]]:
+    """INSERT that becomes an UPDATE of the row with the same key: applying a change twice (a
+    resumed copy's replay window) or an UPDATE of a row moved into the org both end right."""
+    names = [c.name for c in table.relation.columns]
+    keys = [c.name for c in table.relation.key_columns]
+    others = [n for n in names if n not in keys]
+    action = (sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in others)) if others
+        else sql.SQL("DO NOTHING"))
+    query = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT ({}) {}").format(
+        table.ident,
+        sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        sql.SQL(", ").join(table.placeholder(n) for n in names),
+        sql.SQL(", ").join(sql.Identifier(k) for k in keys),
+        action,
     )
     return query, list(new)
 
@@ -219,7 +191,7 @@ class ApplyStats:
 class _Group:
     """Consecutive statements of one shape, run with one executemany (pipelined)."""
 
-    query: sql.Composed | None = None
+    query: sql.Composed | str | None = None
     params: list[list[ColumnValue]] = field(default_factory=list)
     expect_rows: bool = False
     table: str = ""
@@ -238,14 +210,27 @@ class Applier:
         conn: psycopg.Connection[Any],
         origin: str,
         *,
-        row_filter: RowFilter = apply_everything,
+        org_filter: OrgFilter | None = None,
         batch_txns: int = 1,
         group_rows: int = 500,
         on_commit: Callable[[LSN], None] | None = None,
+        stream_skip: Mapping[str, LSN] | None = None,
+        planned_columns: Mapping[str, Sequence[str]] | None = None,
+        fetch_source_row: Callable[[TargetTable, dict[str, ColumnValue]], TupleData | None] | None = None,
+        move_key: str | None = None,
+        replica_role: bool = True,
     ) -> None:
+        self.replica_role = replica_role
         self.conn = conn
         self.origin = origin
-        self.row_filter = row_filter
+        self.org_filter = org_filter
+        self.stream_skip = dict(stream_skip or {})
+        self.planned_columns = {t: set(c) for t, c in (planned_columns or {}).items()}
+        self.fetch_source_row = fetch_source_row
+        self.move_key = move_key
+        self._touched: set[tuple[str, str]] = set()
+        self._pipeline: Any = None
+        self._commit_lsn: LSN = 0
         self.batch_txns = max(1, batch_txns)
         self.group_rows = group_rows
         self.on_commit = on_commit
@@ -279,7 +264,8 @@ class Applier:
                 f"replication origin {self.origin!r} is in use by another applier on the target",
                 fix="another orgmove process applies this move: let it finish or stop it first",
             ) from exc
-        conn.execute("SET session_replication_role = replica")
+        if self.replica_role:
+            conn.execute("SET session_replication_role = replica")
         self.progress = read_origin_progress(conn, self.origin)
         conn.autocommit = False
 
@@ -287,6 +273,8 @@ class Applier:
         """Roll back an unfinished batch and leave the origin session (the connection stays)."""
         if self.conn.closed:
             return
+        with contextlib.suppress(Exception):
+            self._end_pipeline()
         self.conn.rollback()
         self.conn.autocommit = True
         self.conn.execute("SELECT pg_replication_origin_session_reset()")
@@ -345,6 +333,18 @@ class Applier:
             [sql.Identifier(rel.namespace or "pg_catalog", rel.name).as_string(self.conn)],
         ).fetchall()
         types = {str(name): str(type_name) for name, type_name in rows}
+        qualified = f"{rel.namespace or 'pg_catalog'}.{rel.name}"
+        planned = self.planned_columns.get(qualified)
+        if planned is not None and {c.name for c in rel.columns} != planned:
+            sent = {c.name for c in rel.columns}
+            raise SchemaDrift(
+                f"the source changed the shape of {qualified} during the move (DDL): the stream sends "
+                f"columns {sorted(sent - planned) or '-'} the plan does not have and lacks "
+                f"{sorted(planned - sent) or '-'}; nothing was applied against the new shape",
+                fix="stop schema migrations during a move; roll the move back (`orgmove rollback`), make a "
+                "new plan and move again",
+                details={"table": qualified},
+            )
         missing = [c.name for c in rel.columns if c.name not in types]
         if missing:
             raise ApplyFailed(
@@ -355,6 +355,7 @@ class Applier:
 
     def _begin(self, commit_lsn: LSN) -> None:
         self.in_source_transaction = True
+        self._commit_lsn = commit_lsn
         self._skipping = commit_lsn <= self.progress
         if self._skipping:
             self.stats.skipped_transactions += 1
@@ -368,25 +369,110 @@ class Applier:
 
     def _change(self, message: Insert | Update | Delete) -> None:
         table = self._table(message.relation_oid)
-        rendered: tuple[sql.Composed, list[ColumnValue]] | None
-        if isinstance(message, Insert):
-            change = RowChange("insert", table.relation, message.new, None)
-            rendered = render_insert(table, message.new)
-            expect = False
-        elif isinstance(message, Update):
-            change = RowChange("update", table.relation, message.new, message.old)
-            rendered = render_update(table, message.new, message.old, message.old_kind)
-            expect = True
-        else:
-            change = RowChange("delete", table.relation, None, message.old)
-            rendered = render_delete(table, message.old, message.old_kind)
-            expect = True
-        if not self.row_filter(change):
-            self.stats.filtered_rows += 1
+        name = table.qualified_name
+        skip_to = self.stream_skip.get(name)
+        if skip_to is not None and self._commit_lsn <= skip_to:
+            self.stats.filtered_rows += 1  # in the copy already (a resumed copy's newer snapshot)
             return
+        cols = [c.name for c in table.relation.columns]
+        keyed = bool(table.relation.key_columns) and table.relation.replica_identity != "f"
+        if isinstance(message, Insert):
+            new = dict(zip(cols, message.new, strict=True))
+            if not self._decide(name, None, new, self._belongs(name, new)):
+                return
+            self._emit(table, _cached_upsert(table, message.new) if keyed else render_insert(table, message.new))
+            self._touch(table, new)
+        elif isinstance(message, Update):
+            self._update(table, keyed, cols, message)
+        else:
+            old = dict(zip(cols, message.old, strict=True))
+            if not keyed and message.old_kind == "O":
+                if not self._decide(name, old, None, self._belongs(name, old)):
+                    return
+            else:
+                self._decide(name, old, None, None)  # deleting by key is a no-op for other orgs' rows
+            self._emit(table, _cached_delete(table, message.old, message.old_kind))
+            self._touch(table, old)
+
+    def _belongs(self, table: str, row: dict[str, ColumnValue]) -> bool | None:
+        return True if self.org_filter is None else self.org_filter.belongs(table, row)
+
+    def _decide(self, table: str, old: dict[str, ColumnValue] | None, new: dict[str, ColumnValue] | None,
+                belongs: bool | None) -> bool:
+        """Keep the key sets current; False (and counted) when the change is not the org's."""
+        if self.org_filter is not None:
+            self.org_filter.observe(table, old, new, belongs)
+        if belongs is False:
+            self.stats.filtered_rows += 1
+            return False
         self.stats.rows += 1
+        return True
+
+    def _update(self, table: TargetTable, keyed: bool, cols: list[str], message: Update) -> None:
+        name = table.qualified_name
+        new = dict(zip(cols, message.new, strict=True))
+        old = dict(zip(cols, message.old, strict=True)) if message.old is not None else None
+        if not keyed:
+            # REPLICA IDENTITY FULL: the old row is whole, so both sides can be judged.
+            full_old = old or new
+            merged = tuple(o if v is UNCHANGED_TOAST else v
+                           for v, o in zip(message.new, full_old.values(), strict=True))
+            was = self._belongs(name, full_old)
+            now = self._belongs(name, dict(zip(cols, merged, strict=True)))
+            if self.org_filter is not None:
+                self.org_filter.observe(name, full_old, new, now)
+            if not was and not now:
+                self.stats.filtered_rows += 1
+                return
+            self.stats.rows += 1
+            before = message.old if message.old is not None else message.new
+            if was and now:
+                rendered = render_update(table, message.new, before, message.old_kind)
+                if rendered is not None:
+                    self._emit(table, rendered)
+            elif was:
+                self._emit(table, render_delete(table, before, message.old_kind or "O"))
+            else:
+                self._emit(table, render_insert(table, merged))
+            self._touch(table, new)
+            return
+        now = self._belongs(name, new)
+        if not self._decide(name, old, new, now if now is not None else True):
+            # Out of the org (or never in it): delete by key, a no-op when the target lacks it.
+            self._emit(table, render_delete(table, message.old or message.new, message.old_kind or "K"))
+            self._touch(table, old or new)
+            return
+        if old is not None and _key_of(table, old) != _key_of(table, new):
+            self._emit(table, render_delete(table, message.old or (), message.old_kind or "K"))
+            self._touch(table, old)
+        self._touch(table, new)
+        if not any(v is UNCHANGED_TOAST for v in message.new):
+            self._emit(table, _cached_upsert(table, message.new))
+            return
+        # Unchanged TOAST: set only the columns sent; a row the target lacks (moved into the org)
+        # is read whole from the source.
+        rendered = render_update(table, message.new, None, None)
         if rendered is None:
             return
+        self._run_group()
+        self._end_pipeline()  # the row count is needed now
+        with self.conn.cursor() as cur:
+            cur.execute(rendered[0], rendered[1])
+            found = cur.rowcount
+        if found == 0:
+            row = None if self.fetch_source_row is None else self.fetch_source_row(table, new)
+            if row is not None:
+                self._emit(table, render_upsert(table, row))
+            # None: deleted on the source since; its DELETE follows in the stream.
+
+    def _touch(self, table: TargetTable, row: dict[str, ColumnValue]) -> None:
+        if self.move_key is None:
+            return
+        keyed = table.relation.key_columns and table.relation.replica_identity != "f"
+        key = dict(zip((c.name for c in table.relation.key_columns), _key_of(table, row), strict=True)) if keyed else {}
+        self._touched.add((table.qualified_name, json.dumps(key, sort_keys=True)))
+
+    def _emit(self, table: TargetTable, rendered: tuple[sql.Composed | str, list[ColumnValue]]) -> None:
         query, params = rendered
         group = self._group
         if group.query is not None and (group.query != query or len(group.params) >= self.group_rows):
@@ -394,22 +480,25 @@ class Applier:
         group = self._group
         group.query = query
         group.params.append(params)
-        group.expect_rows = expect
         group.table = table.qualified_name
 
     def _run_group(self) -> None:
         group = self._group
         if group.query is None:
             return
+        # Pipeline mode: statements of the open target transaction are sent without waiting for
+        # each result; the results are read when the pipeline ends (before the commit).
+        if self._pipeline is None:
+            self._pipeline = self.conn.pipeline()
+            self._pipeline.__enter__()
         with self.conn.cursor() as cur:
             cur.executemany(group.query, group.params)
-            affected = cur.rowcount
-        if group.expect_rows and affected != len(group.params):
-            raise ApplyFailed(
-                f"{len(group.params) - affected} UPDATE/DELETE of {group.table} found no row on the target",
-                fix="the target diverged from the source (written outside orgmove?): run verify and copy again",
-            )
         self._group = _Group()
+
+    def _end_pipeline(self) -> None:
+        if self._pipeline is not None:
+            pipeline, self._pipeline = self._pipeline, None
+            pipeline.__exit__(None, None, None)
 
     def _commit(self, commit: Commit | StreamCommit) -> None:
         self.in_source_transaction = False
@@ -435,6 +524,10 @@ class Applier:
                 self.conn.rollback()  # only catalog reads (Relation messages of skipped transactions)
             return None
         self._run_group()
+        self._end_pipeline()
+        if self._touched and self.move_key is not None:
+            state.record_touched(self.conn, self.move_key, sorted(self._touched))
+            self._touched.clear()
         faults.failpoint("apply.before_commit")
         # The origin position commits with the rows (even an empty, filtered-out batch records it).
         self.conn.execute(
@@ -452,12 +545,42 @@ class Applier:
         return commit.end_lsn
 
 
+def _cached_upsert(table: TargetTable, new: TupleData) -> tuple[str, list[ColumnValue]]:
+    query = table.cache.get(("upsert",))
+    if query is None:
+        query = table.cache[("upsert",)] = render_upsert(table, new)[0].as_string(None)
+    return query, list(new)
+
+
+def _cached_delete(table: TargetTable, old: TupleData, old_kind: str) -> tuple[str, list[ColumnValue]]:
+    shape = ("delete", old_kind, tuple(v is None or v is UNCHANGED_TOAST for v in old))
+    query = table.cache.get(shape)
+    if query is None:
+        composed, params = render_delete(table, old, old_kind)
+        table.cache[shape] = composed.as_string(None)
+        return table.cache[shape], params
+    full = identity_is_full(table, old_kind)
+    params = [v for col, v in zip(table.relation.columns, old, strict=True)
+              if (col.is_key or full) and v is not None and v is not UNCHANGED_TOAST]
+    return query, params
+
+
+def _key_of(table: TargetTable, row: Mapping[str, ColumnValue]) -> list[str | None]:
+    return [None if row.get(c.name) is None else str(row.get(c.name)) for c in table.relation.key_columns]
+
+
 def read_origin_progress(conn: psycopg.Connection[Any], origin: str) -> LSN:
     """The last source commit LSN durably applied on the target (0: nothing yet)."""
     from orgmove.pgoutput import str_to_lsn
 
     row = conn.execute("SELECT pg_replication_origin_progress(%s, true)::text", [origin]).fetchone()
     return 0 if row is None or row[0] is None else str_to_lsn(row[0])
+
+
+def reset_origin(conn: psycopg.Connection[Any], origin: str) -> None:
+    """A new slot starts a new stream: forget any progress an earlier stream of this name recorded."""
+    drop_origin(conn, origin)
+    conn.execute("SELECT pg_replication_origin_create(%s)", [origin])
 
 
 def drop_origin(conn: psycopg.Connection[Any], origin: str) -> None:

@@ -218,14 +218,15 @@ def check_capture(
 # --- publication and slot (control plane, psycopg 3) ----------------------------------------------
 
 
-def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: Sequence[str]) -> None:
+def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: Sequence[str], *,
+                       via_root: bool = True) -> None:
     """Create the publication over exactly ``tables``, or set its table list if it exists.
 
     ``tables`` are qualified names; each is resolved through ``regclass`` first, so a name that is
     not a table fails here and not inside DDL text."""
     resolved = [
         row[0] for row in conn.execute(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM unnest(%s::text[]) WITH ORDINALITY t(name, i) "
+            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM unnest(%s::text[]) WITH ORDINALITY t(name, i) "
             "JOIN pg_class c ON c.oid = t.name::regclass JOIN pg_namespace n ON n.oid = c.relnamespace "
             "ORDER BY t.i",
             [list(tables)],
@@ -237,7 +238,8 @@ def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: 
     if exists:
         conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(publication), table_list))
     else:
-        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(publication), table_list))
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = {})").format(
+            sql.Identifier(publication), table_list, sql.SQL("true" if via_root else "false")))
 
 
 def drop_publication(conn: psycopg.Connection[Any], publication: str) -> None:

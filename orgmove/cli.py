@@ -18,7 +18,7 @@ from typing import Annotated
 import psycopg
 import typer
 
-from orgmove import __version__, cli_move, cli_rebalance, cli_sandbox
+from orgmove import __version__, cli_move, cli_rebalance, cli_sandbox, cli_sync
 from orgmove.cli_common import Session, err, session
 from orgmove.config import redact
 from orgmove.db import translate
@@ -42,7 +42,7 @@ app = typer.Typer(
 
 # The registration points: every command module contributes a typer app whose commands become
 # top-level commands (COMMAND_MODULES) or a named group (GROUPS). Add a line here for a new module.
-COMMAND_MODULES: list[typer.Typer] = [cli_move.app, cli_sandbox.app]
+COMMAND_MODULES: list[typer.Typer] = [cli_move.app, cli_sync.app, cli_sandbox.app]
 GROUPS: list[tuple[str, typer.Typer]] = [("sandbox", cli_sandbox.sandbox_app),
                                          ("topology", cli_sandbox.topology_app)]
 for module_app in COMMAND_MODULES:

@@ -125,6 +125,9 @@ def copy(
                                                    help="Rows per chunk.")] = None,
     rate: RateOpt = None,
     dry_run: DryRunOpt = False,
+    no_capture: Annotated[bool, typer.Option(
+        "--no-capture", envvar="ORGMOVE_NO_CAPTURE", show_envvar=True,
+        help="No publication or slot (roles without REPLICATION): cutover uses checksum rounds.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Copy the org's rows to the target from one snapshot; resumable.
@@ -141,7 +144,7 @@ def copy(
         chunk_rows=chunk_rows or d.chunk_rows,
         rate_rows_per_s=rate or d.rate_rows_per_s,
         max_replica_lag_s=config.replica_lag_threshold(the_plan.to_cell),
-        dry_run=dry_run,
+        dry_run=dry_run, capture=not no_capture,
     )
     report = run_copy(the_plan, config, options, s.progress())
     s.emit({"command": "copy", **report.to_json()}, lambda: cli_output.print_copy(report, plan_file))

@@ -82,6 +82,11 @@ def print_copy(report: Any, plan_file: Any) -> None:
         out.print(table)
         out.print(f"would copy ~{report.rows:,} rows ({human_bytes(report.bytes)}) in "
                   f"{report.chunks_total} chunks")
+        if report.capture:
+            cap = report.capture
+            out.print(f"would create on {report.from_cell}: publication {cap['publication']}, logical slot "
+                      f"{cap['slot']}; on {report.to_cell}: replication origin {cap['origin']}; "
+                      f"REPLICA IDENTITY FULL: {', '.join(cap['replica_identity_full']) or 'none'}")
         return
     if report.already_done:
         out.print(f"already done: the copy of {report.move_key} finished earlier ({report.chunks_total:,} "

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import capture_guard, db, fence, state, triggers
+from orgmove import capture_guard, capture_setup, db, fence, state, triggers
 from orgmove.chunking import (
     WHOLE,
     KeyRange,
@@ -59,6 +59,9 @@ class CopyOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     dry_run: bool = False
     generation: int = 0
+    # Change capture (publication + slot, ADR 0009). Off: the old copy from a plain snapshot, for
+    # roles that may not replicate; the cutover then levels the target with checksum rounds.
+    capture: bool = True
 
 
 @dataclass
@@ -92,6 +95,7 @@ class CopyReport:
     already_done: bool = False  # a rerun of a finished copy: nothing was copied
     # References that left the organization, written as NULL (rules: outside_references nullify)
     nullified: list[dict[str, Any]] = field(default_factory=list)
+    capture: dict[str, Any] | None = None  # what the copy creates for change capture
 
     @property
     def rows_per_s(self) -> float:
@@ -118,6 +122,7 @@ class CopyReport:
             "retries": self.retries,
             "already_done": self.already_done,
             "nullified": self.nullified,
+            "capture": self.capture,
             "tables": [
                 {
                     "table": t.table,
@@ -391,7 +396,7 @@ class CopyRun:
         self,
         ctx: MoveContext,
         options: CopyOptions,
-        holder: SnapshotHolder,
+        holder: SnapshotHolder | capture_setup.SlotSnapshotHolder,
         report: CopyReport,
         progress: ProgressSink,
     ) -> None:
@@ -409,7 +414,8 @@ class CopyRun:
             if self.holder.snapshot_id != stale_id:
                 return
             await asyncio.to_thread(self.holder.export)
-            self.report.snapshot_consistent = False
+            # A slot's snapshot is exact whichever slot exported it (capture_setup.py).
+            self.report.snapshot_consistent = isinstance(self.holder, capture_setup.SlotSnapshotHolder)
             log(logging.WARNING, "source snapshot was lost; remaining chunks use a new snapshot "
                 "(cutover's sync step levels the difference)", move=self.ctx.plan.move_key,
                 snapshots=self.holder.exports)
@@ -543,6 +549,11 @@ def run_copy(
         ctx.check_fingerprints(src, dst)
         with db.wrap_errors(ctx.target, "checking triggers and the replica role"):
             triggers.check_target(dst, plan)
+        cplan = None
+        if options.capture:
+            with db.wrap_errors(ctx.source, "change capture pre-flight"):
+                cplan = capture_setup.preflight(ctx, src)
+            report.capture = cplan.to_json()
         if options.dry_run:
             return _dry_run(ctx, dst, options, report)
         move = state.ensure_move(dst, plan)
@@ -553,21 +564,30 @@ def run_copy(
                 f"move {plan.move_key} is in cutover", fix="wait for the cutover to finish or abort it",
             )
         with _exclusive_move_lock(dst, plan):
-            # The gate goes in before the snapshot: every write after it can be fenced (ADR 0005).
+            # The gate goes in before the snapshot: every write after it can be fenced (ADR 0008).
             with db.wrap_errors(ctx.source, "installing the write gate"):
                 gated = fence.ensure_gate(src, plan)
             capture_guard.check(src, dst, plan, config.defaults.max_retained_wal_mb)
-            holder = SnapshotHolder(ctx)
+            chunks = state.load_chunks(dst, plan.move_key)
+            holder: SnapshotHolder | capture_setup.SlotSnapshotHolder
+            if cplan is None or (not capture_setup.move_has_capture(move) and any(c.state == "done" for c in chunks)):
+                # Copied in part before change capture existed: finish it the old way (the cutover
+                # then levels it with checksum rounds).
+                holder = SnapshotHolder(ctx)
+                report.capture = None
+            else:
+                holder = capture_setup.SlotSnapshotHolder(ctx, cplan)
             try:
-                snapshot_id = holder.export()
-                chunks = state.load_chunks(dst, plan.move_key)
+                all_done = bool(chunks) and all(c.state == "done" for c in chunks)
+                snapshot_id = "" if all_done else holder.export()
                 if not chunks:
                     ranges = compute_chunks(ctx, snapshot_id, options.chunk_rows)
                     for step in plan.steps:
                         state.insert_chunks(dst, plan.move_key, step.table, ranges[step.table])
                     chunks = state.load_chunks(dst, plan.move_key)
                 done_before = sum(1 for c in chunks if c.state == "done")
-                consistent = move.snapshot_consistent and done_before == 0
+                consistent = move.snapshot_consistent and (
+                    done_before == 0 or isinstance(holder, capture_setup.SlotSnapshotHolder))
                 state.update_move(
                     dst, plan.move_key, state=state.MoveState.COPYING, snapshots=move.snapshots + 1,
                     snapshot_consistent=consistent,
@@ -624,7 +644,8 @@ def run_copy(
             with ctx.connect_source("control") as src_now, ctx.connect_target("control") as dst_now:
                 capture_guard.check(src_now, dst_now, plan, config.defaults.max_retained_wal_mb)
             report.snapshots = holder.exports
-            report.snapshot_consistent = report.snapshot_consistent and holder.exports == 1
+            exact = isinstance(holder, capture_setup.SlotSnapshotHolder)
+            report.snapshot_consistent = report.snapshot_consistent and (exact or holder.exports == 1)
             report.seconds = time.monotonic() - started
             # The control connection may have been cut while the workers ran: use a fresh one.
             with ctx.connect_target("control") as fresh:

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from orgmove import db, fkcheck, reverse, state, triggers
+from orgmove import capture_setup, db, fkcheck, reverse, state, triggers
 from orgmove.config import Config
 from orgmove.errors import (
     BadInput,
@@ -43,7 +43,9 @@ from orgmove.faults import failpoint
 from orgmove.fence import fence_function_installed, has_fence, install_source_fence, lift_fence, make_fence_permanent
 from orgmove.movectx import MoveContext
 from orgmove.obs import METRICS, NullProgress, ProgressSink, log
+from orgmove.pgoutput import lsn_to_str
 from orgmove.plan import Plan
+from orgmove.stream_cutover import StreamCutover, touched_check
 from orgmove.sync import all_chunks, checksum_round, sync_until_clean
 from orgmove.topology.api import TopologyAPI
 from orgmove.topology.client import client_from_config
@@ -261,8 +263,34 @@ def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: Cutover
             report.checks["foreign keys clean now"] = fkcheck.check_foreign_keys(dst, plan).clean
             return report
 
-        # 0. pre-sync while writable, and the freeze estimate.
+        # 0. pre-sync while writable, and the freeze estimate. A move copied with change capture
+        # catches up from its slot (stream_cutover.py); one copied without it (before change
+        # capture existed) falls back to checksum rounds.
         t0 = time.monotonic()
+        stream = StreamCutover(ctx) if capture_setup.move_has_capture(state.get_move(dst, plan.move_key)) else None
+        try:
+            return _fence_and_flip(ctx, src, dst, topo, options, progress, report, stream, t0, ttl, drain_timeout)
+        finally:
+            if stream is not None:
+                stream.close()
+
+
+def _fence_and_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any],
+                    topo: TopologyAPI, options: CutoverOptions, progress: ProgressSink, report: CutoverReport,
+                    stream: StreamCutover | None, t0: float, ttl: float, drain_timeout: float) -> CutoverReport:
+    plan = ctx.plan
+    if stream is not None:
+        took = stream.pre_sync(options.max_freeze_s)
+        report.steps.append({"step": "pre-sync", "seconds": time.monotonic() - t0,
+                             "detail": f"stream caught up, last catch-up {took:.3f}s"})
+        # The FK check scans the org: done while writable. Under the fence the stream only applies
+        # what the source (which enforces its FKs) committed, and the final check compares those rows.
+        t_fk = time.monotonic()
+        fks = fkcheck.check_foreign_keys(dst, plan)
+        report.steps.append({"step": "foreign keys", "seconds": time.monotonic() - t_fk,
+                             "detail": f"{fks.checked} foreign keys, {len(fks.dangling)} dangling"})
+        fkcheck.raise_if_dangling(fks, plan)
+    else:
         clean, verify_s, _ = sync_until_clean(ctx, dst, options, progress, None, report, 1000)
         report.steps.append({"step": "pre-sync", "seconds": time.monotonic() - t0,
                              "detail": f"{report.sync_rounds} rounds, {report.rows_resynced} rows"})
@@ -277,96 +305,122 @@ def _run_cutover(plan: Plan, config: Config, topo: TopologyAPI, options: Cutover
                 "checksum pass dominates, or cut over at a quieter time",
             )
 
+    if options.reverse_stream:
+        with db.wrap_errors(ctx.target, "creating the reverse stream"):
+            reverse.prepare(src, dst, plan)
+    # 1. lease
+    mv = topo.begin_move(org_int(plan), plan.from_cell, plan.to_cell, ttl)
+    report.topology_move_id = str(mv.move_id)
+    report.fencing_token = int(mv.fencing_token)
+    state.update_move(dst, plan.move_key, state=state.MoveState.CUTOVER, topology_move_id=str(mv.move_id),
+                      fencing_token=int(mv.fencing_token), last_error=None)
+    state.record_event(dst, plan.move_key, "lease", "move lease taken",
+                       topology_move_id=str(mv.move_id), token=int(mv.fencing_token))
+    fenced_wall = None
+    try:
+        failpoint("cutover.after_lease")
+        # 2. fence
+        t_fence = time.monotonic()
+        topo.fence(mv.move_id, mv.fencing_token)
+        fenced_wall = install_source_fence(src, str(plan.org), plan.move_key,
+                                           int(mv.fencing_token), drain_timeout, ttl)
+        state.update_move(dst, plan.move_key, fenced_at=fenced_wall)
+        state.record_event(dst, plan.move_key, "fenced", "writes fenced and drained")
+        report.steps.append({"step": "fence", "seconds": time.monotonic() - t_fence,
+                             "detail": "topology read_only, source fence, writers drained"})
+        failpoint("cutover.after_fence")
+        t_sync = time.monotonic()
+        if stream is not None:
+            # 3. apply through the source's position after the fence, 4. check what the
+            # stream touched (not the whole org).
+            stream.apply_through_fence(src, max(0.1, t_fence + options.max_freeze_s - time.monotonic()))
+            failpoint("cutover.after_apply")
+            report.steps.append({"step": "apply", "seconds": time.monotonic() - t_sync,
+                                 "detail": f"through {lsn_to_str(stream.fence_lsn)}"})
+            t_check = time.monotonic()
+            checked = touched_check(ctx, src, dst)
+            report.verify_seconds = checked.seconds
+            report.steps.append({"step": "final check", "seconds": time.monotonic() - t_check,
+                                 "detail": f"{checked.rows} rows the stream touched in {checked.tables} tables"})
+        else:
+            _checksum_final(ctx, dst, options, progress, report, t_fence)
+        if time.monotonic() - t_fence > options.max_freeze_s:
+            raise CutoverAborted(
+                f"the freeze passed --max-freeze {options.max_freeze_s:g}s before the flip",
+                fix="raise --max-freeze or cut over at a quieter time; the org stays on the source",
+            )
+        failpoint("cutover.before_commit")
+        # Both Cells must answer right before the flip: never hand the org to a target that
+        # is down, nor leave a source we cannot fence for good.
+        for name, conn in ((ctx.source, src), (ctx.target, dst)):
+            with db.wrap_errors(name, "health check before the flip"):
+                conn.execute("SELECT 1")
+        topo.renew(mv.move_id, mv.fencing_token, ttl)
+        # The source fence becomes permanent before the flip: should the mover die right after
+        # the flip, no write can land on the source once the target owns the org.
+        make_fence_permanent(src, str(plan.org))
         if options.reverse_stream:
-            with db.wrap_errors(ctx.target, "creating the reverse stream"):
-                reverse.prepare(src, dst, plan)
-        # 1. lease
-        mv = topo.begin_move(org_int(plan), plan.from_cell, plan.to_cell, ttl)
-        report.topology_move_id = str(mv.move_id)
-        report.fencing_token = int(mv.fencing_token)
-        state.update_move(dst, plan.move_key, state=state.MoveState.CUTOVER, topology_move_id=str(mv.move_id),
-                          fencing_token=int(mv.fencing_token), last_error=None)
-        state.record_event(dst, plan.move_key, "lease", "move lease taken",
-                           topology_move_id=str(mv.move_id), token=int(mv.fencing_token))
-        fenced_wall = None
-        try:
-            failpoint("cutover.after_lease")
-            # 2. fence
-            t_fence = time.monotonic()
-            topo.fence(mv.move_id, mv.fencing_token)
-            fenced_wall = install_source_fence(src, str(plan.org), plan.move_key,
-                                               int(mv.fencing_token), drain_timeout, ttl)
-            state.update_move(dst, plan.move_key, fenced_at=fenced_wall)
-            state.record_event(dst, plan.move_key, "fenced", "writes fenced and drained")
-            report.steps.append({"step": "fence", "seconds": time.monotonic() - t_fence,
-                                 "detail": "topology read_only, source fence, writers drained"})
-            failpoint("cutover.after_fence")
-            # 3-4. sync until clean: the last clean round is the final verify.
-            t_sync = time.monotonic()
-            deadline = t_fence + options.max_freeze_s
-            clean, verify_s, final = sync_until_clean(ctx, dst, options, progress, deadline, report, 2000,
-                                                      fenced=True)
-            report.verify_seconds = verify_s
-            report.steps.append({"step": "sync", "seconds": time.monotonic() - t_sync,
-                                 "detail": f"final verify {verify_s:.3f}s"})
-            if not clean:
-                raise VerificationMismatch(
-                    f"the target did not become equal to the source within the freeze "
-                    f"({final.mismatched_chunks if final else '?'} chunks still differ); aborted",
-                    fix="run `orgmove verify` for the differing rows; the org stays on the source",
-                )
-            if time.monotonic() - t_fence > options.max_freeze_s:
-                raise CutoverAborted(
-                    f"the freeze passed --max-freeze {options.max_freeze_s:g}s before the flip",
-                    fix="raise --max-freeze or cut over at a quieter time; the org stays on the source",
-                )
-            # Writing as a replica skipped the target's FK triggers: one anti-join per foreign key
-            # over the org's rows, after the last re-copy and before the flip (exit 3, no flip).
-            t_fk = time.monotonic()
-            fks = fkcheck.check_foreign_keys(dst, plan)
-            report.steps.append({"step": "foreign keys", "seconds": time.monotonic() - t_fk,
-                                 "detail": f"{fks.checked} foreign keys, {len(fks.dangling)} dangling"})
-            fkcheck.raise_if_dangling(fks, plan)
-            failpoint("cutover.before_commit")
-            # Both Cells must answer right before the flip: never hand the org to a target that
-            # is down, nor leave a source we cannot fence for good.
-            for name, conn in ((ctx.source, src), (ctx.target, dst)):
-                with db.wrap_errors(name, "health check before the flip"):
-                    conn.execute("SELECT 1")
-            topo.renew(mv.move_id, mv.fencing_token, ttl)
-            # The source fence becomes permanent before the flip: should the mover die right after
-            # the flip, no write can land on the source once the target owns the org.
-            make_fence_permanent(src, str(plan.org))
-            if options.reverse_stream:
-                reverse.mark_flip(src, dst, plan)
-            # 5. flip
-            t_commit = time.monotonic()
-            committed = _commit(topo, mv, plan.from_cell)
-            failpoint("cutover.after_flip")
-        except BaseException as exc:
-            reason = str(exc) if isinstance(exc, OrgmoveError) else f"{type(exc).__name__}: {exc}"
-            _abort(ctx, src, dst, topo, mv, reason)
-            if isinstance(exc, KeyboardInterrupt):
-                raise Interrupted(
-                    "cutover interrupted by the operator; it was aborted and the organization "
-                    f"stays on {plan.from_cell}, writable", fix="rerun `orgmove cutover` when ready",
-                ) from None
-            if isinstance(exc, OrgmoveError) and not isinstance(exc, CutoverAborted | VerificationMismatch):
-                raise CutoverAborted(
-                    f"cutover aborted: {exc.message}; the organization stays on {plan.from_cell}, "
-                    "writable", fix=exc.fix or "fix the cause and rerun `orgmove cutover`",
-                ) from exc
-            raise
-        report.steps.append({"step": "commit", "seconds": time.monotonic() - t_commit,
-                             "detail": f"{committed.claims_moved} claims moved"})
-        freeze = time.monotonic() - t_fence
-        _after_commit(ctx, dst, freeze, report)
-        report.committed = True
-        report.new_owner = plan.to_cell
-        report.freeze_window_s = freeze
-        METRICS.freeze_window.set(freeze)
-        failpoint("cutover.after_commit")
+            reverse.mark_flip(src, dst, plan)
+        # 5. flip
+        t_commit = time.monotonic()
+        committed = _commit(topo, mv, plan.from_cell)
+        failpoint("cutover.after_flip")
+    except BaseException as exc:
+        reason = str(exc) if isinstance(exc, OrgmoveError) else f"{type(exc).__name__}: {exc}"
+        _abort(ctx, src, dst, topo, mv, reason)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(
+                "cutover interrupted by the operator; it was aborted and the organization "
+                f"stays on {plan.from_cell}, writable", fix="rerun `orgmove cutover` when ready",
+            ) from None
+        if isinstance(exc, OrgmoveError) and not isinstance(exc, CutoverAborted | VerificationMismatch):
+            raise CutoverAborted(
+                f"cutover aborted: {exc.message}; the organization stays on {plan.from_cell}, "
+                "writable", fix=exc.fix or "fix the cause and rerun `orgmove cutover`",
+            ) from exc
+        raise
+    report.steps.append({"step": "commit", "seconds": time.monotonic() - t_commit,
+                         "detail": f"{committed.claims_moved} claims moved"})
+    freeze = time.monotonic() - t_fence
+    _after_commit(ctx, dst, freeze, report)
+    report.committed = True
+    report.new_owner = plan.to_cell
+    report.freeze_window_s = freeze
+    METRICS.freeze_window.set(freeze)
+    failpoint("cutover.after_commit")
+    if stream is not None:
+        # The stream is finished: its slot must not keep WAL on the old owner.
+        stream.close()
+        capture_setup.drop_capture(ctx, src, dst)
+        state.forget_capture(dst, plan.move_key)
+        state.record_event(dst, plan.move_key, "capture_dropped", "slot and publication dropped after the flip")
     return report
+
+
+def _checksum_final(ctx: MoveContext, dst: psycopg.Connection[Any], options: CutoverOptions,
+                    progress: ProgressSink, report: CutoverReport, t_fence: float) -> None:
+    """The fallback under the fence: sync until clean (the last clean round is the final verify)
+    and the FK check."""
+    plan = ctx.plan
+    t_sync = time.monotonic()
+    deadline = t_fence + options.max_freeze_s
+    clean, verify_s, final = sync_until_clean(ctx, dst, options, progress, deadline, report, 2000, fenced=True)
+    report.verify_seconds = verify_s
+    report.steps.append({"step": "sync", "seconds": time.monotonic() - t_sync,
+                         "detail": f"final verify {verify_s:.3f}s"})
+    if not clean:
+        raise VerificationMismatch(
+            f"the target did not become equal to the source within the freeze "
+            f"({final.mismatched_chunks if final else '?'} chunks still differ); aborted",
+            fix="run `orgmove verify` for the differing rows; the org stays on the source",
+        )
+    # Writing as a replica skipped the target's FK triggers: one anti-join per foreign key
+    # over the org's rows, after the last re-copy and before the flip (exit 3, no flip).
+    t_fk = time.monotonic()
+    fks = fkcheck.check_foreign_keys(dst, plan)
+    report.steps.append({"step": "foreign keys", "seconds": time.monotonic() - t_fk,
+                         "detail": f"{fks.checked} foreign keys, {len(fks.dangling)} dangling"})
+    fkcheck.raise_if_dangling(fks, plan)
 
 
 def _commit(topo: TopologyAPI, mv: Move, expected_owner: str) -> Move:

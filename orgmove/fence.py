@@ -1,4 +1,4 @@
-"""The write fence on a Cell (ADR 0005, which supersedes ADR 0002): the gate triggers that hold it
+"""The write fence on a Cell (ADR 0008, which supersedes ADR 0002): the gate triggers that hold it
 for every writer, the fence itself (install it with the drain, lift it, make it permanent) and
 whether one is in force. The fence's schema (``orgmove.fences``, ``orgmove.assert_writable``,
 ``orgmove.gate_check``) is ``orgmove/sql/cell_schema.sql``, installed on every Cell."""
@@ -101,7 +101,7 @@ def make_fence_permanent(src: psycopg.Connection[Any], org: str) -> None:
         src.execute("UPDATE orgmove.fences SET expires_at = NULL WHERE organization_id = %s", (org,))
 
 
-# --- the gate: a fence for every writer (ADR 0005) ---------------------------------------------
+# --- the gate: a fence for every writer (ADR 0008) ---------------------------------------------
 #
 # One BEFORE ROW trigger per planned table of the source, ENABLE ALWAYS (it fires for writers in
 # session_replication_role=replica too), plus a BEFORE TRUNCATE statement trigger. For a row of

@@ -1,4 +1,5 @@
-"""move: plan + copy + verify + cutover in one command, with a summary."""
+"""move: plan + copy + sync (catch up from the copy's slot) + verify + cutover in one command,
+with a summary."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 from rich.table import Table
 
 from orgmove import planner
+from orgmove.catchup import SyncOptions, run_sync
 from orgmove.config import Config
 from orgmove.copy import CopyOptions, CopyReport, run_copy
 from orgmove.cutover import CutoverOptions, CutoverReport, run_cutover
+from orgmove.movectx import MoveContext
 from orgmove.obs import METRICS, NullProgress, ProgressSink
 from orgmove.plan import OrgKey, default_plan_path, write_plan
 from orgmove.topology.client import client_from_config
@@ -129,13 +132,22 @@ def run_move(
                            CutoverReport(plan.move_key, str(plan.org), from_cell, to_cell, dry_run=True),
                            seconds)
 
+    if copy_report.capture is not None:
+        # Catch up from the copy's slot before verify and cutover (the cutover catches up again).
+        t = time.monotonic()
+        say("      sync: catching up from the copy's slot")
+        synced = run_sync(MoveContext.create(plan, config),
+                          SyncOptions(until_caught_up=True, max_lag_s=max(0.5, max_freeze_s / 2), max_seconds=600))
+        seconds["sync"] = time.monotonic() - t
+        say(f"      {synced.changes:,} changes applied, lag {synced.lag_s:.2f}s")
+
     t = time.monotonic()
     say("[3/4] verify")
     verify_report = run_verify(plan, config, VerifyOptions(workers=workers), progress)
     seconds["verify"] = time.monotonic() - t
     if not verify_report.equal:
-        # Writes since the snapshot make chunks differ; cutover's sync levels them under the fence
-        # and its final verify is the one that decides.
+        # Writes since the last applied change make chunks differ; the cutover applies them
+        # under the fence (or, without a slot, its sync levels them) and its check decides.
         say(f"      {verify_report.mismatched_chunks} chunks changed since the copy's snapshot; "
             "cutover's sync will level them")
 

@@ -262,6 +262,12 @@ METRIC_SPECS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("orgmove_rebalance_queue_depth", "gauge", (), "Rebalance moves queued, not started"),
     ("orgmove_rebalance_moves_running", "gauge", (), "Rebalance moves running"),
     ("orgmove_rebalance_bytes_moved_total", "counter", (), "Bytes copied by finished rebalance moves"),
+    # The stream catch-up (orgmove/catchup.py): `orgmove sync` and the cutover's pre-sync.
+    ("orgmove_sync_lag_bytes", "gauge", (), "Source WAL not yet applied on the target"),
+    ("orgmove_sync_lag_seconds", "gauge", (), "Age of the oldest change not yet applied"),
+    ("orgmove_sync_applied_lsn", "gauge", (), "Source LSN applied on the target (as a number)"),
+    ("orgmove_sync_changes_total", "counter", (), "Row changes applied by the stream"),
+    ("orgmove_sync_changes_per_second", "gauge", (), "Row changes applied per second"),
 )
 
 
@@ -292,6 +298,11 @@ class Metrics:
         self.rebalance_queue_depth = made["orgmove_rebalance_queue_depth"]
         self.rebalance_moves_running = made["orgmove_rebalance_moves_running"]
         self.rebalance_bytes_moved = made["orgmove_rebalance_bytes_moved_total"]
+        self.sync_lag_bytes = made["orgmove_sync_lag_bytes"]
+        self.sync_lag_seconds = made["orgmove_sync_lag_seconds"]
+        self.sync_applied_lsn = made["orgmove_sync_applied_lsn"]
+        self.sync_changes = made["orgmove_sync_changes_total"]
+        self.sync_changes_per_s = made["orgmove_sync_changes_per_second"]
 
     def exposed_names(self) -> set[str]:
         """The metric family names as a scrape shows them (counters with `_total`)."""

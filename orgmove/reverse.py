@@ -16,14 +16,15 @@ import psycopg
 from psycopg import sql
 
 from orgmove import capture, db, debris, fence, state
-from orgmove.apply import Applier, RowChange, apply_until
+from orgmove.apply import Applier, apply_until
 from orgmove.capture import CaptureNames, capture_names
 from orgmove.config import Config
 from orgmove.errors import CutoverAborted, MoveStateError
 from orgmove.movectx import MoveContext
 from orgmove.obs import log
-from orgmove.pgoutput import UNCHANGED_TOAST, lsn_to_str, str_to_lsn
-from orgmove.plan import Plan, Step, cast_type, filter_condition, table_ident
+from orgmove.pgoutput import lsn_to_str, str_to_lsn
+from orgmove.plan import Plan, table_ident
+from orgmove.rowfilter import OrgFilter
 
 
 def reverse_names(plan: Plan) -> CaptureNames:
@@ -66,68 +67,6 @@ def mark_flip(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], plan: 
     return str(row[0])
 
 
-class OrgRowsOnSource:
-    """The reverse stream's row filter. The target holds other organizations' rows too; a change
-    is applied when its new row belongs to the org (the plan's filter over the row's values, the
-    parents looked up on the source, which the stream itself keeps current in commit order), or
-    when the row it changes or deletes is one of the org's rows on the source."""
-
-    def __init__(self, conn: psycopg.Connection[Any], plan: Plan) -> None:
-        self.conn = conn
-        self.plan = plan
-        self.steps = {s.table: s for s in plan.steps}
-        self.applier: Applier | None = None
-
-    def __call__(self, change: RowChange) -> bool:
-        step = self.steps.get(f"{change.relation.namespace or 'pg_catalog'}.{change.relation.name}")
-        if step is None:
-            return False
-        if self.applier is not None:
-            self.applier._run_group()  # earlier rows (a parent) must be visible to the lookups
-        if change.new is not None and self._new_row_in_org(step, change):
-            return True
-        return change.kind != "insert" and self._existing_row_in_org(step, change)
-
-    def _values(self, step: Step, change: RowChange, columns: list[str], *, old: bool) -> list[Any] | None:
-        values = []
-        for column in columns:
-            try:
-                value = change.value(column, old=old)
-            except KeyError:
-                return None
-            if value is UNCHANGED_TOAST:
-                return None
-            values.append(value)
-        return values
-
-    def _new_row_in_org(self, step: Step, change: RowChange) -> bool:
-        values = self._values(step, change, step.columns, old=False)
-        if values is None:
-            return False
-        cols = sql.SQL(", ").join(
-            sql.SQL("{}::{} AS {}").format(sql.Placeholder(), cast_type(t), sql.Identifier(c))
-            for c, t in zip(step.columns, step.column_types, strict=True))
-        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM (SELECT {cols}) AS gate_row WHERE {cond})").format(
-            cols=cols, cond=filter_condition(step, self.plan.root, self.plan.org))
-        row = self.conn.execute(query, values).fetchone()
-        return bool(row and row[0])
-
-    def _existing_row_in_org(self, step: Step, change: RowChange) -> bool:
-        if not step.key:
-            return False
-        values = self._values(step, change, step.key, old=change.old is not None)
-        if values is None or any(v is None for v in values):
-            return False
-        types = dict(zip(step.columns, step.column_types, strict=True))
-        match = sql.SQL(" AND ").join(
-            sql.SQL("{} = {}::{}").format(sql.Identifier(k), sql.Placeholder(), cast_type(types[k]))
-            for k in step.key)
-        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {m} AND {cond})").format(
-            t=table_ident(step.table), m=match, cond=filter_condition(step, self.plan.root, self.plan.org))
-        row = self.conn.execute(query, values).fetchone()
-        return bool(row and row[0])
-
-
 def apply_back(ctx: MoveContext, dst: psycopg.Connection[Any], timeout_s: float = 120.0) -> int:
     """Apply the target's changes since the flip onto the source, up to the target's current WAL
     position. Returns the rows applied."""
@@ -141,9 +80,12 @@ def apply_back(ctx: MoveContext, dst: psycopg.Connection[Any], timeout_s: float 
         # The source's gate refuses the org's writes after the flip: the reverse applier is the
         # one writer it lets through.
         fence.bypass_gate(conn, plan.move_key)
-        keep = OrgRowsOnSource(conn, plan)
-        applier = Applier(conn, names.origin, row_filter=keep, batch_txns=50)
-        keep.applier = applier
+        # The source holds the org's rows as of the flip; the key sets then follow the stream.
+        org_filter = OrgFilter(plan)
+        org_filter.load(conn)
+        applier = Applier(conn, names.origin, org_filter=org_filter, batch_txns=50,
+                          planned_columns={s.table: s.columns for s in plan.steps},
+                          replica_role=plan.replica_role)
         stream = capture.ChangeStream(ctx.config.cell_dsn(plan.to_cell), cell=plan.to_cell, slot=names.slot,
                                       publication=names.publication, start_lsn=applier.progress,
                                       application_name=f"orgmove/{plan.move_key}/reverse")

@@ -203,7 +203,16 @@ _UPDATABLE = {
     "state", "snapshot_consistent", "snapshots", "copy_started_at", "copy_finished_at",
     "verified_at", "verify_clean", "verify_seconds", "topology_move_id", "fencing_token",
     "fenced_at", "committed_at", "freeze_window_s", "last_error",
+    "capture_slot", "capture_publication", "capture_origin", "consistent_lsn", "replica_identity_full",
+    "sync_at", "sync_lag_bytes", "sync_lag_s", "sync_changes_per_s", "sync_caught_up",
 }
+
+
+def record_stream_skip(conn: psycopg.Connection[Any], move_key: str, skip: dict[str, str]) -> None:
+    """Merge ``{table: lsn}`` into the move's stream_skip (see the state schema)."""
+    with conn.transaction():
+        conn.execute("UPDATE orgmove.moves SET stream_skip = stream_skip || %s::jsonb WHERE move_key = %s",
+                     (json.dumps(skip), move_key))
 
 
 def update_move(conn: psycopg.Connection[Any], move_key: str, **fields: Any) -> None:
@@ -336,6 +345,67 @@ def record_verify_chunks(conn: psycopg.Connection[Any], move_key: str,
 def forget_chunks(conn: psycopg.Connection[Any], move_key: str) -> None:
     """Delete the move's chunks, chunk log and verify results: a later copy starts from scratch."""
     with conn.transaction():
-        for table in ("chunks", "chunk_log", "verify_chunks"):
+        for table in ("chunks", "chunk_log", "verify_chunks", "stream_touched"):
             conn.execute(sql.SQL("DELETE FROM {} WHERE move_key = %s").format(
                 sql.Identifier("orgmove", table)), (move_key,))
+
+
+# --- change capture -------------------------------------------------------------------------------
+
+
+def record_capture(conn: psycopg.Connection[Any], move_key: str, *, slot: str, publication: str,
+                   origin: str, consistent_lsn: str, replica_identity_full: list[str]) -> None:
+    """What the copy created on the source for the stream, and the LSN where copy and stream meet."""
+    update_move(conn, move_key, capture_slot=slot, capture_publication=publication, capture_origin=origin,
+                consistent_lsn=consistent_lsn, replica_identity_full=replica_identity_full)
+
+
+def forget_capture(conn: psycopg.Connection[Any], move_key: str) -> None:
+    update_move(conn, move_key, capture_slot=None, capture_publication=None, capture_origin=None,
+                consistent_lsn=None, sync_at=None, sync_lag_bytes=None, sync_lag_s=None,
+                sync_changes_per_s=None, sync_caught_up=None)
+    with conn.transaction():
+        conn.execute("UPDATE orgmove.moves SET stream_skip = '{}' WHERE move_key = %s", (move_key,))
+        conn.execute("DELETE FROM orgmove.stream_touched WHERE move_key = %s", (move_key,))
+
+
+def record_sync_progress(conn: psycopg.Connection[Any], move_key: str, *, lag_bytes: int, lag_s: float,
+                         changes_per_s: float, caught_up: bool) -> None:
+    """The stream's lag as last measured, for `orgmove status` (which does not ask the source)."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE orgmove.moves SET sync_at = clock_timestamp(), sync_lag_bytes = %s, sync_lag_s = %s, "
+            "sync_changes_per_s = %s, sync_caught_up = %s WHERE move_key = %s",
+            (lag_bytes, lag_s, changes_per_s, caught_up, move_key),
+        )
+
+
+TOUCHED_SQL = ("INSERT INTO orgmove.stream_touched (move_key, table_name, key) VALUES (%s, %s, %s) "
+               "ON CONFLICT DO NOTHING")
+
+
+def record_touched(conn: psycopg.Connection[Any], move_key: str, touched: Iterable[tuple[str, str]]) -> None:
+    """(table, key as JSON text) the stream changed. Runs inside the caller's apply transaction, so
+    the record commits with the rows it names."""
+    rows = [(move_key, table, key) for table, key in touched]
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(TOUCHED_SQL, rows)
+
+
+def load_touched(conn: psycopg.Connection[Any], move_key: str) -> dict[str, list[dict[str, str | None]]]:
+    """table -> the keys (column -> value as text) the stream changed; ``{}`` stands for the whole table."""
+    result: dict[str, list[dict[str, str | None]]] = {}
+    if not state_schema_exists(conn):
+        return result
+    for table, key in conn.execute(
+        "SELECT table_name, key FROM orgmove.stream_touched WHERE move_key = %s", (move_key,)
+    ).fetchall():
+        result.setdefault(table, []).append(dict(key))
+    return result
+
+
+def forget_touched(conn: psycopg.Connection[Any], move_key: str) -> None:
+    """After a clean check of the touched rows: the next check starts from an empty set."""
+    with conn.transaction():
+        conn.execute("DELETE FROM orgmove.stream_touched WHERE move_key = %s", (move_key,))

@@ -26,6 +26,7 @@ def _describe(conn: psycopg.Connection[Any], move: state.MoveRow) -> dict[str, A
         value = move.get(name)
         doc[name] = value.isoformat() if hasattr(value, "isoformat") else value
     doc["chunks"] = {"done": counts.get("done", 0), "total": sum(counts.values())}
+    doc["capture"] = _capture(move)
     doc["recent_events"] = [
         {"at": e["at"].isoformat(), "kind": e["kind"], "message": e["message"]}
         for e in state.last_events(conn, move.move_key, 5)
@@ -46,6 +47,19 @@ def plan_in_use(config: Config, plan: Plan) -> str | None:
     if move is None or move.state in (state.MoveState.ROLLED_BACK, state.MoveState.PLANNED):
         return None
     return str(move.state)
+
+
+def _capture(move: state.MoveRow) -> dict[str, Any] | None:
+    """The stream's names and its lag as last measured by `sync` or the cutover (no source query)."""
+    if not move.get("capture_slot"):
+        return None
+    at = move.get("sync_at")
+    lsn = move.get("consistent_lsn")
+    return {"slot": move.get("capture_slot"), "publication": move.get("capture_publication"),
+            "origin": move.get("capture_origin"), "consistent_lsn": None if lsn is None else str(lsn),
+            "lag_bytes": move.get("sync_lag_bytes"), "lag_s": move.get("sync_lag_s"),
+            "changes_per_s": move.get("sync_changes_per_s"), "caught_up": move.get("sync_caught_up"),
+            "measured_at": at.isoformat() if at is not None else None}
 
 
 def move_status(config: Config, *, plan: Plan | None = None, org: str | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,20 @@ class Servers:
         with contextlib.suppress(psycopg.Error), psycopg.connect(
             self.admin_dsn(name), autocommit=True
         ) as conn:
+            # A logical slot pins its database (DROP DATABASE refuses) and slot names are
+            # cluster-wide: drop the test database's slots first.
+            for _ in range(50):
+                active = conn.execute(
+                    "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (dbname,)
+                ).fetchall()
+                if not active:
+                    break
+                for slot, pid in active:
+                    if pid is not None:
+                        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                time.sleep(0.1)
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
             )

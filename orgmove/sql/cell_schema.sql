@@ -38,7 +38,7 @@ CREATE OR REPLACE FUNCTION orgmove.assert_writable(org bigint) RETURNS void
     LANGUAGE sql VOLATILE
     AS $$ SELECT orgmove.assert_writable(org::text) $$;
 
--- The gate (ADR 0005): orgmove.fence.install_gate puts a BEFORE row trigger (ENABLE ALWAYS) on
+-- The gate (ADR 0008): orgmove.fence.install_gate puts a BEFORE row trigger (ENABLE ALWAYS) on
 -- every planned table of a move's source; for each row of the moving org it calls gate_check.
 -- Writers need not cooperate. The check:
 --  * takes the org's SHARED advisory lock without waiting: held to the end of the writing

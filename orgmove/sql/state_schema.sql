@@ -86,3 +86,28 @@ CREATE TABLE IF NOT EXISTS orgmove.events (
     details  jsonb
 );
 CREATE INDEX IF NOT EXISTS events_move_key_idx ON orgmove.events (move_key, id);
+
+-- Change capture (online move): what the copy created on the source, and where the stream stands.
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS capture_slot text;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS capture_publication text;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS capture_origin text;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS consistent_lsn pg_lsn;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS replica_identity_full text[];
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS sync_at timestamptz;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS sync_lag_bytes bigint;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS sync_lag_s double precision;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS sync_changes_per_s double precision;
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS sync_caught_up boolean;
+-- table -> LSN: a table without a unique key re-copied by a resumed copy from a newer slot snapshot;
+-- the stream skips its changes committed at or before that LSN (they are in the copy).
+ALTER TABLE orgmove.moves ADD COLUMN IF NOT EXISTS stream_skip jsonb NOT NULL DEFAULT '{}';
+
+-- Rows the stream changed on the target (key as a JSON object column -> text value; '{}' for a
+-- table without a key: the whole table's org rows). The cutover's final check hashes exactly these on
+-- both Cells instead of the whole organization. Written in the apply's own target transaction.
+CREATE TABLE IF NOT EXISTS orgmove.stream_touched (
+    move_key   text NOT NULL,
+    table_name text NOT NULL,
+    key        jsonb NOT NULL,
+    PRIMARY KEY (move_key, table_name, key)
+);

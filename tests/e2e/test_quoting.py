@@ -142,7 +142,10 @@ def test_move_of_tables_whose_names_need_quoting(world: World) -> None:
                      'SELECT 1999999, %s, project_id FROM public."Project Notes" WHERE id = 1000000',
                      ("late'r\\",))
     cut = _cli(world, "cutover", str(plan_path), "--yes", "--json")
-    assert cut["committed"] is True and cut["rows_resynced"] >= 3
+    assert cut["committed"] is True
+    # The stream applied the writes to the oddly named tables; the final check compared them.
+    [final] = [s for s in cut["steps"] if s["step"] == "final check"]
+    assert int(final["detail"].split()[0]) >= 2, cut["steps"]
 
     source, target = org_checksums(src, plan), org_checksums(dst, plan)
     assert target == source
