@@ -136,7 +136,7 @@ def slot_exists(conn: psycopg.Connection[Any], slot: str) -> bool:
 
 
 class SlotSnapshotHolder:
-    """The copy's snapshot, exported by a logical slot (same interface as ``copy.SnapshotHolder``:
+    """The copy's snapshot, exported by a logical slot (same interface as ``copyparts.SnapshotHolder``:
     ``export()``, ``snapshot_id``, ``exports``, ``close()``)."""
 
     def __init__(self, ctx: MoveContext, cplan: CapturePlan) -> None:
