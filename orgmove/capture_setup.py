@@ -77,9 +77,10 @@ def _identity_relations(plan: Plan) -> list[str]:
 
 
 _NEEDS_FULL_SQL = """
-SELECT t.name
+SELECT n.nspname || '.' || c.relname
 FROM unnest(%(names)s::text[]) WITH ORDINALITY AS t(name, i)
 JOIN pg_class c ON c.oid = t.name::regclass
+JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm')
   AND (c.relreplident = 'n'
        OR (c.relreplident = 'd' AND NOT EXISTS (
@@ -124,11 +125,9 @@ def preflight(ctx: MoveContext, src: psycopg.Connection[Any]) -> CapturePlan:
 
 
 def _set_full_identity(conn: psycopg.Connection[Any], tables: list[str]) -> None:
+    """``tables``: display names (``schema.table``) as the catalog spelled them."""
     for name in tables:
-        # The name was resolved through regclass and quoted by the server, so it is safe as SQL.
-        row = conn.execute("SELECT %s::regclass::text", [name]).fetchone()
-        assert row is not None
-        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.SQL(row[0])))
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table_ident(name)))
 
 
 def slot_exists(conn: psycopg.Connection[Any], slot: str) -> bool:

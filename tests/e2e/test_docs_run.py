@@ -80,7 +80,7 @@ def test_readme_tour_and_every_runbook_run_as_written() -> None:
         assert status["owner"] == "cell-2" and status["moves"][0]["state"] == "committed"
 
         # Every runbook, each with an organization of its own that lives on cell-1.
-        _ok(work, "orgmove sandbox seed --reset --orgs 21 --scale tiny", sandbox_env, "reseed")
+        _ok(work, "orgmove sandbox seed --reset --orgs 33 --scale tiny", sandbox_env, "reseed")
         cfg = load_config(config)
         runbooks = sorted((REPO / "runbooks").glob("[0-9][0-9]-*.md"))
         assert len(runbooks) >= 9
