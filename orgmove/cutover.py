@@ -134,6 +134,18 @@ def freeze_estimate(full_checksum_s: float, topology_call_s: float) -> float:
     return full_checksum_s + 3 * topology_call_s
 
 
+def _refuse_unless_it_fits(estimate: float, options: CutoverOptions, report: CutoverReport, why: str,
+                           remedy: str = "") -> None:
+    report.estimated_freeze_s = estimate
+    if estimate > options.max_freeze_s:
+        # A pre-flight refusal (exit 2): nothing was fenced and the organization stays writable.
+        raise PreflightFailed(
+            f"the write freeze would take about {estimate:.3f}s ({why}), more than --max-freeze "
+            f"{options.max_freeze_s:g}s; nothing was fenced",
+            fix=f"raise --max-freeze to at least {estimate * 1.2:.2f}, or {remedy}cut over at a quieter time",
+        )
+
+
 def _time_topology_call(topo: TopologyAPI, plan: Plan) -> float:
     started = time.monotonic()
     topo.owner_of_org(org_int(plan))
@@ -280,9 +292,31 @@ def _fence_and_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg
                     stream: StreamCutover | None, t0: float, ttl: float, drain_timeout: float) -> CutoverReport:
     plan = ctx.plan
     if stream is not None:
+        last = state.get_move(dst, plan.move_key)
+        if last is not None and last.get("verify_clean") is False:
+            # The final check covers only what the stream touched: differences the last verify
+            # found elsewhere (a row changed on the target by hand) are re-copied first, while
+            # the organization is still writable; the stream then carries on from there.
+            clean = False
+            for attempt in range(3):  # while writable a round stops once few chunks are left
+                clean, _, _ = sync_until_clean(ctx, dst, options, progress, None, report, 1000 * (attempt + 1))
+                if clean:
+                    break
+            report.steps.append({"step": "resync", "seconds": time.monotonic() - t0,
+                                 "detail": f"{report.sync_rounds} rounds, {report.rows_resynced} rows"})
+            if not clean:
+                raise VerificationMismatch(
+                    "the target still differs from the source after re-copying what the last verify "
+                    "found; nothing was fenced",
+                    fix="run `orgmove verify PLAN` for the differing rows; the org stays on the source",
+                )
         took = stream.pre_sync(options.max_freeze_s)
         report.steps.append({"step": "pre-sync", "seconds": time.monotonic() - t0,
                              "detail": f"stream caught up, last catch-up {took:.3f}s"})
+        # The freeze to expect: the last catch-up (what the fenced apply will take) and the
+        # Topology calls inside the window, both measured now.
+        _refuse_unless_it_fits(freeze_estimate(took, _time_topology_call(topo, plan)), options, report,
+                               f"the last catch-up took {took:.3f}s")
         # The FK check scans the org: done while writable. Under the fence the stream only applies
         # what the source (which enforces its FKs) committed, and the final check compares those rows.
         t_fk = time.monotonic()
@@ -294,16 +328,9 @@ def _fence_and_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg
         clean, verify_s, _ = sync_until_clean(ctx, dst, options, progress, None, report, 1000)
         report.steps.append({"step": "pre-sync", "seconds": time.monotonic() - t0,
                              "detail": f"{report.sync_rounds} rounds, {report.rows_resynced} rows"})
-        estimate = freeze_estimate(verify_s, _time_topology_call(topo, plan))
-        report.estimated_freeze_s = estimate
-        if estimate > options.max_freeze_s:
-            # A pre-flight refusal (exit 2): nothing was fenced and the organization stays writable.
-            raise PreflightFailed(
-                f"the write freeze would take about {estimate:.3f}s (a checksum pass takes "
-                f"{verify_s:.3f}s), more than --max-freeze {options.max_freeze_s:g}s; nothing was fenced",
-                fix=f"raise --max-freeze to at least {estimate * 1.2:.2f}, or add --workers when the "
-                "checksum pass dominates, or cut over at a quieter time",
-            )
+        _refuse_unless_it_fits(freeze_estimate(verify_s, _time_topology_call(topo, plan)), options, report,
+                               f"a checksum pass takes {verify_s:.3f}s",
+                               "add --workers when the checksum pass dominates, ")
 
     if options.reverse_stream:
         with db.wrap_errors(ctx.target, "creating the reverse stream"):
