@@ -89,6 +89,16 @@ ORDER BY t.i
 """
 
 
+_UNLOGGED_SQL = """
+SELECT n.nspname || '.' || c.relname
+FROM unnest(%(names)s::text[]) WITH ORDINALITY AS t(name, i)
+JOIN pg_class c ON c.oid = t.name::regclass
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relpersistence = 'u'
+ORDER BY t.i
+"""
+
+
 def tables_needing_full_identity(conn: psycopg.Connection[Any], plan: Plan) -> list[str]:
     return [r[0] for r in conn.execute(_NEEDS_FULL_SQL, {"names": _identity_relations(plan)}).fetchall()]
 
@@ -111,6 +121,16 @@ def preflight(ctx: MoveContext, src: psycopg.Connection[Any]) -> CapturePlan:
             "(docs/privileges.md), or copy without change capture (`orgmove copy --no-capture`): the "
             "cutover then freezes writes for a checksum round of the org",
         ) from None
+    unlogged = [r[0] for r in src.execute(_UNLOGGED_SQL, {"names": _identity_relations(ctx.plan)}).fetchall()]
+    if unlogged:
+        raise PreflightFailed(
+            f"change capture cannot stream unlogged tables (their writes never reach the WAL): "
+            f"{', '.join(unlogged)} on cell {ctx.source!r}",
+            fix="make them logged (`ALTER TABLE ... SET LOGGED`) before the move, or copy without change "
+            "capture (`orgmove copy --no-capture`): the cutover then freezes writes for a checksum round "
+            "of the org",
+            details={"unlogged_tables": unlogged},
+        )
     # Tables without an identity are given REPLICA IDENTITY FULL by the copy: not a problem here.
     facts = capture.CaptureFacts(**{**facts.__dict__, "tables_without_identity": ()})
     problems = capture.capture_problems(facts, cell=ctx.source)
