@@ -76,10 +76,17 @@ def remove_capture(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], m
             found = conn.execute("SELECT 1 FROM pg_replication_origin WHERE roname = %s", (origin,)).fetchone()
         except psycopg.errors.InsufficientPrivilege:  # a role that never made one may not see them
             found = None
-        if found:
+        if found and _may_drop_origins(conn):
+            # Origins are cluster-wide: one this role may not drop was made by a superuser, not
+            # by this move (whose role could not have made it either).
             drop_origin(conn, origin)
             dropped.append(f"origin {origin}")
     return dropped
+
+
+def _may_drop_origins(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT has_function_privilege('pg_replication_origin_drop(text)', 'EXECUTE')").fetchone()
+    return bool(row and row[0])
 
 
 def reversed_plan(plan: Plan) -> Plan:

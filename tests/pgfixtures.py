@@ -98,6 +98,10 @@ class Servers:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
             )
+            # Replication origins are cluster-wide and named after the move, not the database: a
+            # test that left one would make the next test's move (same key, new database) see it.
+            conn.execute("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
+                         "WHERE roname LIKE 'orgmove\\_%'")
 
 
 def _start_local(base: Path) -> dict[str, Server]:
