@@ -72,10 +72,12 @@ def remove_capture(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], m
             capture.drop_publication(conn, pub)
             dropped.append(f"publication {pub}")
     for conn, origin in ((dst, names.origin), (src, reverse.origin)):
-        try:
-            found = conn.execute("SELECT 1 FROM pg_replication_origin WHERE roname = %s", (origin,)).fetchone()
-        except psycopg.errors.InsufficientPrivilege:  # a role that never made one may not see them
-            found = None
+        # A role that may not read pg_replication_origin never made one; asking first keeps a
+        # permission error from aborting the caller's transaction.
+        may_read = conn.execute(
+            "SELECT has_table_privilege('pg_catalog.pg_replication_origin', 'SELECT')").fetchone()
+        found = may_read and may_read[0] and conn.execute(
+            "SELECT 1 FROM pg_replication_origin WHERE roname = %s", (origin,)).fetchone()
         if found and _may_drop_origins(conn):
             # Origins are cluster-wide: one this role may not drop was made by a superuser, not
             # by this move (whose role could not have made it either).

@@ -49,8 +49,8 @@ class Cells3:
     def cli(self, *args: str, code: int = 0) -> Any:
         return cli_ok(self.config_path, *args, code=code)
 
-    def worker(self, name: str) -> subprocess.Popen[str]:
-        return orgmove_popen("--config", str(self.config_path), "worker", "--name", name)
+    def worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return orgmove_popen("--config", str(self.config_path), "worker", "--name", name, env=env)
 
     def status(self) -> dict[str, Any]:
         return self.cli("rebalance", "status", "--json")  # type: ignore[no-any-return]
@@ -229,6 +229,22 @@ def test_report_plan_start_two_workers_balance_three_cells(cells3_one_per_cell: 
     assert_limits_held(runs, per_cell=1, total=2)
 
 
+def fenced_orgs(world: Cells3, cell: str) -> list[str]:
+    with psycopg.connect(world.dsns[cell]) as conn:
+        return [str(r[0]) for r in conn.execute(
+            "SELECT organization_id FROM orgmove.fences"
+            " WHERE expires_at IS NULL OR expires_at > clock_timestamp()").fetchall()]
+
+
+def committed_chunks(world: Cells3, cell: str) -> int:
+    with psycopg.connect(world.dsns[cell]) as conn:
+        if conn.execute("SELECT to_regclass('orgmove.chunk_log')").fetchone() == (None,):
+            return 0
+        row = conn.execute("SELECT count(*) FROM orgmove.chunk_log").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def org_cells(world: Cells3) -> dict[int, str | None]:
     return {org: world.client.owner_of_org(org) for org in range(1, ORGS + 1)}
 
@@ -242,20 +258,36 @@ def advisory_locks(queue_dsn: str) -> int:
     return int(row[0])
 
 
+# The first worker is held at a failpoint inside the move (its first chunk commit, or just after
+# the fence) and killed there, so the kill always lands mid-move however fast the machine is.
+KILL_POINTS = [("copy.after_commit", "copy"), ("cutover.after_fence", "cutover")]
+
+
 @pytest.mark.slow
-def test_kill_9_of_a_worker_mid_move_the_job_is_picked_up_and_finishes_cleanly(cells3: Cells3) -> None:
+@pytest.mark.parametrize(("failpoint", "phase"), KILL_POINTS, ids=[p for _, p in KILL_POINTS])
+def test_kill_9_of_a_worker_mid_move_the_job_is_picked_up_and_finishes_cleanly(
+        cells3: Cells3, failpoint: str, phase: str) -> None:
     proposal = cells3.cli("rebalance", "plan", "--json")
     cells3.cli("rebalance", "start", proposal["proposal_file"], "--json")
-    first = cells3.worker("w1")
+    first = cells3.worker("w1", env={"ORGMOVE_FAILPOINTS": f"{failpoint}=sleep(600)@1"})
     victim = None
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while victim is None:
-            assert first.poll() is None and time.monotonic() < deadline, "no move got under way"
+            assert first.poll() is None and time.monotonic() < deadline, "the move never reached " + failpoint
             for m in cells3.status()["moves"]:
-                if m["state"] == "running" and m["phase"] in ("copy", "verify", "cutover"):
+                if m["state"] == "running" and phase in (m["phase"] or ""):
                     victim = m
             time.sleep(0.2)
+        # The move cannot end while held, so waiting costs nothing; the cutover's kill must land
+        # inside the fence, the copy's after its first committed chunk.
+        while phase == "cutover" and fenced_orgs(cells3, victim["from_cell"]) != [victim["org"]]:
+            assert first.poll() is None and time.monotonic() < deadline, "the fence never came"
+            time.sleep(0.2)
+        while phase == "copy" and not committed_chunks(cells3, victim["to_cell"]):
+            assert first.poll() is None and time.monotonic() < deadline, "no chunk was committed"
+            time.sleep(0.2)
+        assert first.poll() is None, "the held worker ended by itself"
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
         procs = [cells3.worker("w2")]

@@ -355,6 +355,25 @@ def test_commit_moves_every_claim_and_bumps_versions(client: TopologyClient) -> 
     assert [m.move_id for m in client.moves_for_org(org)] == [back.move_id, move.move_id]
 
 
+def test_a_claim_leased_by_its_cell_fails_the_whole_flip(client: TopologyClient) -> None:
+    # The flip is one compare-and-swap over every claim: one claim held by a pending lease of the
+    # owning cell (changed by someone else) must refuse the commit with no claim moved.
+    org = new_org(client, routes=4)
+    lease = client.begin_update("cell-1", [route(org, f"pending-{org}")])
+    before = claims_of(client, org)
+    move = client.begin_move(org, "cell-1", "cell-2", 60)
+    client.fence(move.move_id, move.fencing_token)
+    with pytest.raises(ClaimLeased) as err:
+        client.commit_move(move.move_id, move.fencing_token, "cell-1")
+    assert err.value.reason == "claim_leased" and f"pending-{org}" in err.value.message
+    assert claims_of(client, org) == before  # nothing partial: same cells, same versions
+    assert client.owner_of_org(org) == "cell-1" and client.get_move(move.move_id).status == "fenced"
+    client.rollback_update(lease.lease_uuid, "cell-1")
+    done = client.commit_move(move.move_id, move.fencing_token, "cell-1")
+    assert done.claims_moved == len(before) - 1  # the rolled-back claim is gone, the rest moved
+    assert {c.cell_id for c in claims_of(client, org)} == {"cell-2"}
+
+
 def test_commit_with_stale_token_changes_nothing(client: TopologyClient) -> None:
     org = new_org(client)
     move = client.begin_move(org, "cell-1", "cell-2", 60)
