@@ -3,7 +3,8 @@
 The freeze window is fence to commit; the writers see it as read-only refusals.
 
 Usage: python bench/cutover_window.py
-Last line: freeze_s=<seconds>
+Prints writer_tps=<acknowledged org writes per second from copy start to cutover end>, then
+last line freeze_s=<seconds>.
 """
 
 from __future__ import annotations
@@ -56,19 +57,24 @@ def main() -> int:
             return str(c.cell), str(c.org_state)
 
         load = Workload(org=1, classify=classify, dsns={"cell-1": source, "cell-2": target},
-                        project_id=project_id, author_id=user_id, threads=4, slow_writer_hold_s=0.05)
+                        project_id=project_id, author_id=user_id, threads=6, slow_writer_hold_s=0.05,
+                        classify_ttl_s=0.2, pause_s=0.0)
         load.start()
         try:
+            started = time.monotonic()
             copy_s, _, _, _ = run_measured(orgmove_argv("--config", str(cfg), "copy", str(plan_path)))
-            time.sleep(2)
+            sync_s, _, _, _ = run_measured(orgmove_argv("--config", str(cfg), "sync", str(plan_path),
+                                                        "--until-caught-up", "--max-lag-s", "1"))
             cut_s, _, out, _ = run_measured(orgmove_argv("--config", str(cfg), "cutover", str(plan_path),
                                                          "--yes", "--json"))
+            window_s = time.monotonic() - started
+            acked_in_window = len(load.acks)
             time.sleep(1)
         finally:
             load.stop()
             client.close()
     doc = json.loads(out)
-    print(f"copy {copy_s:.2f}s; cutover {cut_s:.2f}s in all (pre-sync while writable included)")
+    print(f"copy {copy_s:.2f}s; sync {sync_s:.2f}s; cutover {cut_s:.2f}s in all (pre-sync while writable included)")
     for step in doc["steps"]:
         print(f"  {step['step']:<9} {step['seconds']:>7.3f}s  {step.get('detail', '')}")
     print(f"writes acknowledged: {len(load.acks)} ({sum(a.cell == 'cell-2' for a in load.acks)} on the "
@@ -76,6 +82,7 @@ def main() -> int:
           f"writer errors: {len(load.errors)}")
     cells.drop("bench_cutover")
     cells.stop()
+    print(f"writer_tps={acked_in_window / window_s:.1f}")
     print(f"freeze_s={doc['freeze_window_s']:.3f}")
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from psycopg import sql
 
-from orgmove import state
+from orgmove import faults, state
 from orgmove.apply import Applier, TargetTable
 from orgmove.capture import ChangeStream, capture_names, current_wal_lsn
 from orgmove.errors import MoveStateError, OrgmoveError
@@ -169,8 +169,10 @@ class CatchUp:
         return (not self.applier.in_source_transaction and self.stream.idle
                 and received >= lsn and self.applied_end >= lsn)
 
-    def apply_through(self, lsn: LSN, timeout_s: float) -> None:
-        """Return once every source transaction committed before ``lsn`` is durable on the target."""
+    def apply_through(self, lsn: LSN, timeout_s: float, point: str | None = None) -> None:
+        """Return once every source transaction committed before ``lsn`` is durable on the target.
+        ``point`` names a failpoint reached after each message, so that tests can kill the process
+        in the middle of the fenced apply (between and inside the target's batch transactions)."""
         deadline = time.monotonic() + timeout_s
         while not self.caught_up_to(lsn):
             if time.monotonic() > deadline:
@@ -184,6 +186,8 @@ class CatchUp:
                 self._idle()
             else:
                 self.applier.handle(item.message)
+                if point is not None:
+                    faults.failpoint(point)
 
     def measure(self) -> tuple[LSN, float]:
         """(source LSN now, seconds to apply through it): pumps until applied, at most ~1 s."""

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from orgmove import state
+from orgmove import faults, state
 from orgmove.capture import current_wal_lsn
 from orgmove.catchup import CatchUp
 from orgmove.chunking import org_rows_where
@@ -77,7 +77,9 @@ class StreamCutover:
 
     def apply_through_fence(self, src: psycopg.Connection[Any], timeout_s: float) -> None:
         self.fence_lsn = current_wal_lsn(src)
-        self.catchup.apply_through(self.fence_lsn, timeout_s)
+        faults.failpoint("cutover.fenced_apply.start")
+        self.catchup.apply_through(self.fence_lsn, timeout_s, point="cutover.fenced_apply.message")
+        faults.failpoint("cutover.fenced_apply.end")
 
 
 def _key_condition(step: Step, columns: list[str]) -> sql.Composable:
@@ -123,6 +125,7 @@ def touched_check(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.C
                 part = keys[i:i + KEYS_PER_QUERY]
                 batches.append((columns, [[k.get(c) for k in part] for c in columns]))
         for key_columns, arrays in batches:
+            faults.failpoint("cutover.final_check")
             query = _hash_query(plan, step, key_columns)
             # Both Cells at once: the check is inside the freeze.
             with ThreadPoolExecutor(max_workers=1) as pool:

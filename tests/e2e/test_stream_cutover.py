@@ -70,7 +70,10 @@ def test_cutover_refuses_while_the_lag_does_not_fit(world: World) -> None:
 
 @pytest.mark.parametrize("point", ["cutover.after_fence=exit", "apply.before_commit=exit@2",
                                    "cutover.after_apply=exit", "apply.after_commit=exit@3",
-                                   "cutover.before_commit=exit"])
+                                   "cutover.before_commit=exit",
+                                   # Inside the fenced apply and the final check (freeze window).
+                                   "cutover.fenced_apply.start=exit", "cutover.fenced_apply.end=exit",
+                                   "cutover.final_check=exit"])
 def test_kill_9_during_the_cutover_then_rerun_completes(world: World, point: str) -> None:
     plan, path = _copied(world)
     src, dst = world.dsn("cell-1"), world.dsn("cell-2")
@@ -83,6 +86,7 @@ def test_kill_9_during_the_cutover_then_rerun_completes(world: World, point: str
     assert doc["committed"] is True
     assert world.owner(1) == "cell-2"
     assert org_checksums(dst, plan) == org_checksums(src, plan)  # nothing lost, nothing doubled
+    assert capture_names(plan.move_key).slot not in _slots(src)
 
 
 def test_final_check_catches_a_touched_row_that_differs_and_aborts(world: World) -> None:
