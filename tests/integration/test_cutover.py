@@ -144,7 +144,9 @@ def test_kill_after_the_flip_rerun_records_it(world: World) -> None:
 def test_sigint_during_cutover_aborts_and_leaves_org_writable(world: World) -> None:
     plan, path = _copied(world)
     proc = orgmove_popen("--config", str(world.config_path), "cutover", str(path), "--yes",
-                         env={"ORGMOVE_FAILPOINTS": "cutover.after_fence=sleep(5)"})
+                         # held long enough that a loaded machine cannot let it run on to the flip;
+                         # the SIGINT ends the sleep at once
+                         env={"ORGMOVE_FAILPOINTS": "cutover.after_fence=sleep(120)"})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and world.org_state(1) != "read_only":
         time.sleep(0.05)
