@@ -54,7 +54,7 @@ def _measure(config: Config, rules: str | None, sample_s: float = 0.0) -> Any:
     if config.topology is None:
         return measure(config, rules_path=rules, sample_s=sample_s)
     with client_from_config(config) as topo:
-        return measure(config, rules_path=rules, owner_of=lambda org: topo.owner_of_org(int(org)),
+        return measure(config, rules_path=rules, owner_of=lambda org: topo.owner_of_org(org),
                        sample_s=sample_s)
 
 

@@ -49,7 +49,7 @@ from orgmove.stream_cutover import StreamCutover, touched_check
 from orgmove.sync import all_chunks, checksum_round, sync_until_clean
 from orgmove.topology.api import TopologyAPI
 from orgmove.topology.client import client_from_config
-from orgmove.topology.models import Move
+from orgmove.topology.models import Move, org_key
 
 
 @dataclass
@@ -148,7 +148,7 @@ def _refuse_unless_it_fits(estimate: float, options: CutoverOptions, report: Cut
 
 def _time_topology_call(topo: TopologyAPI, plan: Plan) -> float:
     started = time.monotonic()
-    topo.owner_of_org(org_int(plan))
+    topo.owner_of_org(plan_org_key(plan))
     return time.monotonic() - started
 
 
@@ -175,12 +175,10 @@ def topology_client(config: Config) -> TopologyAPI:
     return client_from_config(config)
 
 
-def org_int(plan: Plan) -> int:
-    try:
-        return int(plan.org)
-    except (TypeError, ValueError):
-        raise BadInput(f"the Topology Service keys organizations by integer id; {plan.org!r} is not one",
-                       fix="use the organization's numeric id") from None
+def plan_org_key(plan: Plan) -> str:
+    """The key the Topology Service knows the plan's organization by (its id as text, so a uuid
+    organization routes like an integer one)."""
+    return org_key(plan.org)
 
 
 # --- cutover ---------------------------------------------------------------------------------------
@@ -217,7 +215,7 @@ def _preconditions(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.
     with db.wrap_errors(ctx.target, "checking triggers and the replica role"):
         triggers.check_target(dst, plan)
     checks["target triggers accepted"] = True
-    owner = topo.owner_of_org(org_int(plan))
+    owner = topo.owner_of_org(plan_org_key(plan))
     if owner != plan.from_cell:
         raise PreflightFailed(
             f"the Topology Service says organization {plan.org} is owned by {owner!r}, not by the "
@@ -225,7 +223,7 @@ def _preconditions(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.
             fix="check `orgmove status --org` and plan from the owning cell",
         )
     checks["source owns the organization"] = True
-    active = [m for m in topo.moves_for_org(org_int(plan))
+    active = [m for m in topo.moves_for_org(plan_org_key(plan))
               if m.status in ("begun", "fenced") and str(m.move_id) != (move.get("topology_move_id") or "")]
     live = [m for m in active if m.lease_expires_at.timestamp() > time.time()]
     if live:
@@ -328,7 +326,7 @@ def _fence_and_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg
         with db.wrap_errors(ctx.target, "creating the reverse stream"):
             reverse.prepare(src, dst, plan)
     # 1. lease
-    mv = topo.begin_move(org_int(plan), plan.from_cell, plan.to_cell, ttl)
+    mv = topo.begin_move(plan_org_key(plan), plan.from_cell, plan.to_cell, ttl)
     report.topology_move_id = str(mv.move_id)
     report.fencing_token = int(mv.fencing_token)
     state.update_move(dst, plan.move_key, state=state.MoveState.CUTOVER, topology_move_id=str(mv.move_id),

@@ -101,7 +101,7 @@ def apply_back(ctx: MoveContext, dst: psycopg.Connection[Any], timeout_s: float 
 
 
 def rollback_after_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: psycopg.Connection[Any],
-                        topo: Any, config: Config, org: int) -> dict[str, Any]:
+                        topo: Any, config: Config, org: str) -> dict[str, Any]:
     """Return a committed move's org to its source with the writes it received on the target."""
     plan = ctx.plan
     back = reversed_plan(plan)

@@ -98,12 +98,11 @@ def topology_status(client: TopologyAPI, org_key: str) -> dict[str, Any]:
     """The organization's owner, state and live move lease as the Topology Service sees them."""
     doc: dict[str, Any] = {}
     try:
-        org_int = int(org_key)
         with contextlib.suppress(OrgmoveError):
-            info = client.get_organization(org_int)
+            info = client.get_organization(org_key)
             doc["owner"] = info.owner_cell
             doc["org_state"] = info.state
-        live = [m for m in client.moves_for_org(org_int) if m.status in ("begun", "fenced")]
+        live = [m for m in client.moves_for_org(org_key) if m.status in ("begun", "fenced")]
         if live:
             m = live[0]
             doc["lease"] = {"move_id": str(m.move_id), "status": m.status,

@@ -15,7 +15,7 @@ from psycopg import sql
 from orgmove import db, debris, reverse, state
 from orgmove.chunking import WHOLE, org_rows_where
 from orgmove.config import Config
-from orgmove.cutover import org_int, topology_client
+from orgmove.cutover import plan_org_key, topology_client
 from orgmove.errors import MoveStateError, PreflightFailed
 from orgmove.fence import bypass_gate, has_fence, lift_fence
 from orgmove.movectx import MoveContext
@@ -83,7 +83,7 @@ def run_rollback(plan: Plan, config: Config, plan_file: str = "PLAN",
             with topology_client(config) as topo:
                 if move is not None and move.get("topology_move_id"):
                     _abort_topology_move(topo, plan, move.get("topology_move_id"))
-                owner = topo.owner_of_org(org_int(plan))
+                owner = topo.owner_of_org(plan_org_key(plan))
                 if owner == plan.to_cell:
                     raise MoveStateError(
                         f"the Topology Service says organization {plan.org} lives on {plan.to_cell}; "
@@ -118,7 +118,7 @@ def _rollback_after_flip(ctx: MoveContext, src: psycopg.Connection[Any], dst: ps
     """The reverse stream brings the target's writes back, the claims flip back, then the
     target's copy of the org and everything the move made go (runbooks/15-rollback-after-the-flip.md)."""
     with topology_client(config) as topo:
-        doc = reverse.rollback_after_flip(ctx, src, dst, topo, config, org_int(plan))
+        doc = reverse.rollback_after_flip(ctx, src, dst, topo, config, plan_org_key(plan))
     reverse.moved_back_state(dst, plan, doc["rows_applied_back"])
     with db.wrap_errors(ctx.target, "dropping the move's slots and publications"):
         dropped = debris.remove_capture(src, dst, plan.move_key)
@@ -170,7 +170,7 @@ def run_cleanup(plan: Plan, config: Config, *, batch_rows: int = 10_000, pause_s
                                  fix="run `orgmove verify` until it reports equal")
         if config.topology is not None:
             with topology_client(config) as topo:
-                owner = topo.owner_of_org(org_int(plan))
+                owner = topo.owner_of_org(plan_org_key(plan))
             if owner != plan.to_cell:
                 raise PreflightFailed(
                     f"the Topology Service says organization {plan.org} is owned by {owner!r}, "

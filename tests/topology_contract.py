@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from orgmove.errors import UnknownOrganization
+from orgmove.errors import BadInput, UnknownOrganization
 from orgmove.topology.api import ClaimLeased, LeaseExpired, ServiceRefused, TopologyAPI
 from orgmove.topology.models import Bucket, ClaimIn, Move, Source, Subject
 
@@ -33,13 +33,17 @@ class Harness:
         return org
 
 
-def org_claims(org: int, routes: int = 2) -> list[ClaimIn]:
+def org_claims(org: int | str, routes: int = 2, *, subject_id: int | None = None) -> list[ClaimIn]:
+    """An organization's claims; a text key (a uuid) needs the integer ``subject_id`` its Rails
+    subject and source ids are made of."""
+    n = org if isinstance(org, int) else subject_id
+    assert n is not None, "a text organization key needs an integer subject_id"
     claims = [ClaimIn(bucket=Bucket(type="organization_id", value=str(org)),
-                      subject=Subject(type="organization", id=org),
-                      source=Source(type="organizations", rails_primary_key=org))]
+                      subject=Subject(type="organization", id=n),
+                      source=Source(type="organizations", rails_primary_key=n))]
     claims += [ClaimIn(bucket=Bucket(type="route", value=f"o{org}/p{i}"),
-                       subject=Subject(type="project", id=org * 10 + i),
-                       source=Source(type="routes", rails_primary_key=org * 10 + i),
+                       subject=Subject(type="project", id=n * 10 + i),
+                       source=Source(type="routes", rails_primary_key=n * 10 + i),
                        organization_id=org) for i in range(routes)]
     return claims
 
@@ -56,7 +60,7 @@ def refused(reason: str, call: Callable[[], object], cls: type[ServiceRefused] =
     return caught.value
 
 
-def cells_of(h: Harness, org: int) -> set[str]:
+def cells_of(h: Harness, org: int | str) -> set[str]:
     return {c.cell_id for c in h.api.iter_claims(organization_id=org)}
 
 
@@ -75,7 +79,7 @@ def claims_are_created_and_owned(h: Harness) -> None:
 def a_taken_bucket_is_refused_and_nothing_is_created(h: Harness) -> None:
     org = h.new_org()
     other = next(h.org_ids)
-    clash = org_claims(other)[:1] + [org_claims(org)[1].model_copy(update={"organization_id": other})]
+    clash = org_claims(other)[:1] + [org_claims(org)[1].model_copy(update={"organization_id": str(other)})]
     refused("claim_already_taken", lambda: h.api.create_claims("cell-2", clash))
     assert h.api.owner_of_org(other) is None  # all or nothing
 
@@ -104,9 +108,12 @@ def arguments_are_checked_alike(h: Harness) -> None:
     assert f"route=o{org}/p0" in error.message
     assert h.api.owner_of_org(org) is None
     h.api.create_claims("cell-1", org_claims(org))
-    assert h.api.get_organization(str(org)).org_id == org  # "42" is organization 42
-    with pytest.raises(UnknownOrganization, match="not a numeric id"):
-        h.api.get_organization("acme")
+    assert h.api.get_organization(str(org)).org_id == str(org)  # 42 and "42" are one organization
+    assert h.api.get_organization(f" {org} ").owner_cell == "cell-1"  # keys are stripped
+    with pytest.raises(UnknownOrganization, match="has no claim"):
+        h.api.get_organization("acme")  # any text is a key; this one has no claim
+    with pytest.raises(BadInput, match="empty"):
+        h.api.get_organization("  ")
 
 
 # --- move leases, fencing tokens, compare-and-swap -------------------------------------------
@@ -235,6 +242,33 @@ def an_expired_move_is_taken_over_and_its_token_goes_stale(h: Harness) -> None:
     assert cells_of(h, org) == {"cell-2"}
 
 
+def _a_keyed_org_moves_there_and_back(h: Harness, key: str) -> None:
+    h.api.create_claims("cell-1", org_claims(key, routes=2, subject_id=next(h.org_ids)))
+    info = h.api.get_organization(key)
+    assert (info.org_id, info.owner_cell, info.state) == (key, "cell-1", "active")
+    assert cells_of(h, key) == {"cell-1"} and len(list(h.api.iter_claims(organization_id=key))) == 3
+    move = h.api.begin_move(key, "cell-1", "cell-2", lease_ttl_s=60)
+    assert move.org_id == key
+    refused("stale_token", lambda: h.api.fence(move.move_id, move.fencing_token + 1))
+    h.api.fence(move.move_id, move.fencing_token)
+    refused("stale_token", lambda: h.api.commit_move(move.move_id, move.fencing_token - 1, "cell-1"))
+    assert cells_of(h, key) == {"cell-1"}  # the stale compare-and-swap changed nothing
+    done = h.api.commit_move(move.move_id, move.fencing_token, expected_owner="cell-1")
+    assert done.status == "committed" and done.claims_moved == 3
+    assert cells_of(h, key) == {"cell-2"} and h.api.owner_of_org(key) == "cell-2"
+    assert [m.move_id for m in h.api.moves_for_org(key)] == [move.move_id]
+    back = h.api.begin_move(key, "cell-2", "cell-1", lease_ttl_s=60)
+    assert back.fencing_token > move.fencing_token
+    refused("stale_token", lambda: h.api.fence(back.move_id, move.fencing_token))
+    assert h.api.get_organization(key).state == "active" and cells_of(h, key) == {"cell-2"}
+
+
+def organizations_of_any_key_move_by_compare_and_swap(h: Harness) -> None:
+    # A uuid (coder keys its organizations so) and a text key holding a '/' (one URL segment).
+    for key in (str(uuid.uuid4()), f"team/acme-{uuid.uuid4().hex[:8]}"):
+        _a_keyed_org_moves_there_and_back(h, key)
+
+
 BEHAVIOURS: dict[str, Callable[[Harness], None]] = {
     f.__name__: f for f in (
         claims_are_created_and_owned,
@@ -253,5 +287,6 @@ BEHAVIOURS: dict[str, Callable[[Harness], None]] = {
         an_expired_lease_refuses_fence_and_commit,
         a_renewed_lease_lives_on,
         an_expired_move_is_taken_over_and_its_token_goes_stale,
+        organizations_of_any_key_move_by_compare_and_swap,
     )
 }

@@ -188,7 +188,7 @@ def _attempt(st: WorkerSettings, rec: _Recorder, job_id: int, org: str, from_cel
         outcome = "failed"
         try:
             with client_from_config(config) as topo:
-                owner = topo.owner_of_org(int(org))
+                owner = topo.owner_of_org(org)
             previous = _stored_plan(st.dsn, job_id)
             if owner == to_cell and previous is not None:
                 # An earlier attempt flipped the claim and died before recording it.

@@ -251,7 +251,7 @@ class ClaimStore:
                             organization_id, status, lease_uuid)
                         SELECT u, bt, bv, st, si, srt, srk, %s, org, 'LEASE_CREATING', %s
                         FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[],
-                                    %s::text[], %s::bigint[], %s::bigint[])
+                                    %s::text[], %s::bigint[], %s::text[])
                              AS t(u, bt, bv, st, si, srt, srk, org)
                         """,
                         (
@@ -299,20 +299,22 @@ class ClaimStore:
     def _check_orgs_writable(self, cur: Cursor, cell_id: str, records: Sequence[ClaimIn]) -> None:
         """New claims of an organization go to the cell that owns it, and not while it is
         read-only (a move has fenced it)."""
+        # Byte order here and COLLATE "C" below: one lock order for text keys whatever the locale.
         org_ids = sorted({r.organization_id for r in records if r.organization_id is not None})
         if not org_ids:
             return
         cur.execute(
-            "SELECT id, state FROM topology.organizations WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+            "SELECT id, state FROM topology.organizations WHERE id = ANY(%s::text[]) "
+            'ORDER BY id COLLATE "C" FOR SHARE',
             (org_ids,),
         )
         states = {r["id"]: r["state"] for r in cur.fetchall()}
         cur.execute(
             "SELECT bucket_value, cell_id FROM topology.claims "
             "WHERE bucket_type = 'organization_id' AND bucket_value = ANY(%s)",
-            ([str(o) for o in org_ids],),
+            (org_ids,),
         )
-        owners = {int(r["bucket_value"]): r["cell_id"] for r in cur.fetchall()}
+        owners = {r["bucket_value"]: r["cell_id"] for r in cur.fetchall()}
         for org_id in org_ids:
             owner = owners.get(org_id)
             if owner is not None and owner != cell_id:
@@ -367,7 +369,7 @@ class ClaimStore:
             orgs = sorted({r["organization_id"] for r in cur.fetchall() if r["organization_id"]})
             if orgs:
                 cur.execute(
-                    "INSERT INTO topology.organizations (id) SELECT unnest(%s::bigint[]) "
+                    "INSERT INTO topology.organizations (id) SELECT unnest(%s::text[]) "
                     "ON CONFLICT (id) DO NOTHING",
                     (orgs,),
                 )
@@ -417,7 +419,7 @@ class ClaimStore:
         self,
         *,
         cell_id: str | None = None,
-        organization_id: int | None = None,
+        organization_id: str | None = None,
         bucket_type: str | None = None,
         status: str | None = None,
         cursor: str | None = None,
@@ -431,7 +433,7 @@ class ClaimStore:
                 SELECT c.* FROM topology.claims c
                 WHERE c.seq > %(after)s
                   AND (%(cell)s::text IS NULL OR c.cell_id = %(cell)s)
-                  AND (%(org)s::bigint IS NULL OR c.organization_id = %(org)s)
+                  AND (%(org)s::text IS NULL OR c.organization_id = %(org)s)
                   AND (%(bt)s::text IS NULL OR c.bucket_type = %(bt)s)
                   AND (%(st)s::text IS NULL OR c.status = %(st)s)
                 ORDER BY c.seq LIMIT %(lim)s
@@ -512,7 +514,7 @@ class ClaimStore:
 
     # --- organizations -------------------------------------------------------------------------
 
-    def get_organization(self, org_id: int) -> Organization:
+    def get_organization(self, org_id: str) -> Organization:
         with self._db.transaction() as cur:
             cur.execute(
                 """
@@ -523,10 +525,10 @@ class ClaimStore:
                        (SELECT m.id FROM topology.moves m
                         WHERE m.org_id = i.id AND m.status IN ('begun', 'fenced')) AS live_move_id,
                        o.id IS NOT NULL OR c.uuid IS NOT NULL AS known
-                FROM (SELECT %s::bigint AS id) i
+                FROM (SELECT %s::text AS id) i
                 LEFT JOIN topology.organizations o ON o.id = i.id
                 LEFT JOIN topology.claims c
-                       ON c.bucket_type = 'organization_id' AND c.bucket_value = i.id::text
+                       ON c.bucket_type = 'organization_id' AND c.bucket_value = i.id
                       AND c.status <> 'LEASE_CREATING'
                 """,
                 (org_id,),

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -47,7 +48,7 @@ from orgmove.topology.models import (
     Organization,
     Source,
     Subject,
-    org_id_of,
+    org_key,
 )
 
 __all__ = [
@@ -281,14 +282,15 @@ class TopologyClient:
         self,
         *,
         cell_id: str | None = None,
-        organization_id: int | None = None,
+        organization_id: int | str | None = None,
         bucket_type: str | None = None,
         status: str | None = None,
         cursor: str | None = None,
         limit: int = 100,
     ) -> ClaimPage:
         """ListRecords: one page; pass ``next_cursor`` back for the next one."""
-        params = {"cell_id": cell_id, "organization_id": organization_id,
+        org = org_key(organization_id) if organization_id is not None else None
+        params = {"cell_id": cell_id, "organization_id": org,
                   "bucket_type": bucket_type, "status": status, "cursor": cursor, "limit": limit}
         return ClaimPage.model_validate(self._json("GET", "/v1/claims", params=params))
 
@@ -325,7 +327,8 @@ class TopologyClient:
         return Classification.model_validate(body)
 
     def get_organization(self, org_id: int | str) -> Organization:
-        path = f"/v1/organizations/{org_id_of(org_id)}"
+        # A key is opaque text (a uuid, a slug): quoted so a '/' or '?' in it stays one segment.
+        path = f"/v1/organizations/{quote(org_key(org_id), safe='')}"
         return Organization.model_validate(self._json("GET", path))
 
     def owner_of_org(self, org_id: int | str) -> str | None:
@@ -350,7 +353,7 @@ class TopologyClient:
         *,
         idempotency_key: str | None = None,
     ) -> Move:
-        body = {"org_id": org_id_of(org_id), "from_cell": from_cell, "to_cell": to_cell,
+        body = {"org_id": org_key(org_id), "from_cell": from_cell, "to_cell": to_cell,
                 "lease_ttl_s": lease_ttl_s,
                 "idempotency_key": idempotency_key or str(uuid.uuid4())}
         return Move.model_validate(self._json("POST", "/v1/moves", json=body))
@@ -374,7 +377,7 @@ class TopologyClient:
 
     def moves_for_org(self, org_id: int | str, limit: int = 100) -> list[Move]:
         """Newest first."""
-        params = {"org_id": org_id_of(org_id), "limit": limit}
+        params = {"org_id": org_key(org_id), "limit": limit}
         rows = self._json("GET", "/v1/moves", params=params)
         return [Move.model_validate(m) for m in rows]
 
@@ -436,7 +439,7 @@ def cell_claims(dsn: str, cell: str) -> list[ClaimIn]:
                 subject=Subject(type="project" if source_type == "Project" else "group",
                                 id=int(source_id)),
                 source=Source(type="routes", rails_primary_key=int(route_id)),
-                organization_id=int(org_id) if org_id is not None else None,
+                organization_id=str(org_id) if org_id is not None else None,
             )
         )
     return records

@@ -190,17 +190,17 @@ def get_cell(cur: Cursor, name: str) -> Cell:
     return cell_from_row(row)
 
 
-def owner_of(cur: Cursor, org_id: int) -> str | None:
+def owner_of(cur: Cursor, org_id: str) -> str | None:
     cur.execute(
         "SELECT cell_id FROM topology.claims WHERE bucket_type = 'organization_id' "
         "AND bucket_value = %s AND status <> 'LEASE_CREATING'",
-        (str(org_id),),
+        (org_id,),
     )
     row = cur.fetchone()
     return str(row["cell_id"]) if row else None
 
 
-def lock_org(cur: Cursor, org_id: int) -> dict[str, Any]:
+def lock_org(cur: Cursor, org_id: str) -> dict[str, Any]:
     """The organization row, locked: the first lock of every transaction that changes a move or
     the organization's claims (the one lock order)."""
     cur.execute(

@@ -40,7 +40,8 @@ from orgmove.topology.models import (
     ServiceError,
     check_cell_name,
     check_unique_buckets,
-    org_id_of,
+    org_key,
+    org_sort_key,
 )
 
 Clock = Callable[[], datetime]
@@ -107,7 +108,7 @@ class MemoryTopology:
         self._cells: dict[str, Cell] = {}
         self._claims: dict[tuple[str, str], Claim] = {}
         self._seq: dict[uuid.UUID, int] = {}
-        self._orgs: dict[int, _Org] = {}
+        self._orgs: dict[str, _Org] = {}
         self._moves: dict[uuid.UUID, Move] = {}
         self._move_keys: dict[str, uuid.UUID] = {}
         self._claim_keys: dict[str, list[Claim]] = {}
@@ -187,7 +188,8 @@ class MemoryTopology:
             keys = [(r.bucket.type, r.bucket.value) for r in recs]
             with _as_refusal():
                 check_unique_buckets(keys)
-            for org_id in sorted({r.organization_id for r in recs if r.organization_id is not None}):
+            for org_id in sorted({r.organization_id for r in recs if r.organization_id is not None},
+                                 key=org_sort_key):
                 owner = self._owner(org_id)
                 if owner is not None and owner != cell_id:
                     raise refusal("wrong_cell", 409,
@@ -223,6 +225,8 @@ class MemoryTopology:
 
     def iter_claims(self, *, page_size: int = 500, **filters: Any) -> Iterator[Claim]:
         wanted = {k: v for k, v in filters.items() if v is not None}
+        if "organization_id" in wanted:
+            wanted["organization_id"] = org_key(wanted["organization_id"])
         unknown = set(wanted) - {"cell_id", "organization_id", "bucket_type", "status"}
         if unknown:
             raise TypeError(f"unknown claim filters: {sorted(unknown)}")
@@ -236,9 +240,9 @@ class MemoryTopology:
     # --- organizations -------------------------------------------------------------------------
 
     def get_organization(self, org_id: int | str) -> Organization:
-        org_int = org_id_of(org_id)
+        key = org_key(org_id)
         with self._lock:
-            return self._organization(org_int)
+            return self._organization(key)
 
     def owner_of_org(self, org_id: int | str) -> str | None:
         try:
@@ -258,7 +262,7 @@ class MemoryTopology:
         idempotency_key: str | None = None,
     ) -> Move:
         try:
-            req = MoveBegin(org_id=org_id_of(org_id), from_cell=from_cell, to_cell=to_cell,
+            req = MoveBegin(org_id=org_key(org_id), from_cell=from_cell, to_cell=to_cell,
                             lease_ttl_s=lease_ttl_s, idempotency_key=idempotency_key)
         except ValidationError as exc:
             raise _bad_request(exc) from None
@@ -384,9 +388,9 @@ class MemoryTopology:
             return self._moves[key].model_copy()
 
     def moves_for_org(self, org_id: int | str, limit: int = 100) -> list[Move]:
-        org_int = org_id_of(org_id)
+        key = org_key(org_id)
         with self._lock:
-            mine = [m for m in self._moves.values() if m.org_id == org_int]
+            mine = [m for m in self._moves.values() if m.org_id == key]
         mine.sort(key=lambda m: (m.created_at, m.fencing_token), reverse=True)
         return [m.model_copy() for m in mine[: max(1, min(limit, 1000))]]
 
@@ -408,14 +412,14 @@ class MemoryTopology:
                           f"register it first (PUT /v1/cells/{name})")
         return self._cells[name]
 
-    def _org_claim(self, org_id: int) -> Claim | None:
+    def _org_claim(self, org_id: str) -> Claim | None:
         return self._claims.get(("organization_id", str(org_id)))
 
-    def _owner(self, org_id: int) -> str | None:
+    def _owner(self, org_id: str) -> str | None:
         claim = self._org_claim(org_id)
         return claim.cell_id if claim is not None else None
 
-    def _organization(self, org_id: int) -> Organization:
+    def _organization(self, org_id: str) -> Organization:
         org = self._orgs.get(org_id)
         claim = self._org_claim(org_id)
         if org is None and claim is None:
@@ -431,7 +435,7 @@ class MemoryTopology:
             fencing_token=org.fencing_token if org else 0, version=org.version if org else 0,
             live_move_id=live.move_id if live else None, updated_at=updated)
 
-    def _live_move(self, org_id: int) -> Move | None:
+    def _live_move(self, org_id: str) -> Move | None:
         for move in self._moves.values():
             if move.org_id == org_id and move.status in LIVE_MOVE_STATUSES:
                 return move

@@ -1,7 +1,7 @@
 """The Topology Service's API models, shared by the server (which returns them) and the client
 (which parses them), the wire form of a refusal (:class:`ServiceError`), and the argument checks
-the service and the in-memory implementation share (cell names, buckets once per batch, numeric
-organization ids).
+the service and the in-memory implementation share (cell names, buckets once per batch, organization
+keys).
 
 Pure data and validation: no I/O, so the client, the in-memory implementation and the pure tests
 import it without the server's storage or its database driver.
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from orgmove.errors import UnknownOrganization
+from orgmove.errors import BadInput
 
 BucketType = Literal["organization_id", "organization_path", "route", "user_login"]
 SubjectType = Literal["organization", "group", "project", "user"]
@@ -89,17 +89,38 @@ def check_unique_buckets(keys: Sequence[tuple[str, str]]) -> None:
     )
 
 
-def org_id_of(org_id: int | str) -> int:
-    """The numeric organization id the service keys organizations by; UnknownOrganization for
-    anything else (the client and the in-memory implementation take ``"42"`` as well as 42)."""
-    if isinstance(org_id, int):
-        return org_id
-    if org_id.strip().isdigit():
-        return int(org_id)
-    raise UnknownOrganization(
-        f"organization {org_id!r} is not a numeric id; the Topology Service keys organizations by id",
-        fix="give the organization's numeric id",
-    )
+MAX_ORG_KEY = 2048  # the longest bucket value: an organization key is also an organization_id bucket
+
+
+def org_key(org: int | str) -> str:
+    """The key the service knows an organization by: opaque text (an integer id 42 is ``"42"``, a
+    uuid is its text), stripped; BadInput for an empty or over-long key, so every caller (client,
+    in-memory implementation, CLI) refuses alike."""
+    if isinstance(org, bool) or not isinstance(org, (int, str)):
+        raise BadInput(f"organization {org!r} is neither an id nor a key",
+                       fix="give the organization's id or key as text or an integer")
+    key = str(org).strip()
+    if not key or len(key) > MAX_ORG_KEY:
+        raise BadInput(f"organization key {org!r} is empty or longer than {MAX_ORG_KEY} characters",
+                       fix="give the organization's id or key (for example 42 or its uuid)")
+    return key
+
+
+def org_sort_key(key: str) -> tuple[int, int, str]:
+    """Listings stay in the order integer ids always had (numeric), with other keys after them in
+    text order."""
+    return (0, int(key), key) if key.isdigit() else (1, 0, key)
+
+
+def _org_key_field(value: Any) -> str:
+    # pydantic reports a ValueError as a 422 naming the field; BadInput would escape as a 500.
+    try:
+        return org_key(value)
+    except BadInput as exc:
+        raise ValueError(exc.message) from None
+
+
+OrgKey = Annotated[str, BeforeValidator(_org_key_field)]
 
 
 # --- API models ------------------------------------------------------------------------------
@@ -131,14 +152,12 @@ class ClaimIn(_Model):
     bucket: Bucket
     subject: Subject
     source: Source
-    organization_id: int | None = None
+    organization_id: OrgKey | None = None
 
     @model_validator(mode="after")
     def _org_link(self) -> ClaimIn:
         if self.bucket.type == "organization_id":
-            if not self.bucket.value.isdigit():
-                raise ValueError("an organization_id bucket value must be a decimal id")
-            org = int(self.bucket.value)
+            org = _org_key_field(self.bucket.value)
             if self.organization_id is not None and self.organization_id != org:
                 raise ValueError("organization_id differs from the organization_id bucket value")
             self.organization_id = org
@@ -150,7 +169,7 @@ class Claim(_Model):
     bucket: Bucket
     subject: Subject
     source: Source
-    organization_id: int | None
+    organization_id: OrgKey | None
     cell_id: str
     status: ClaimStatus
     lease_uuid: UUID | None
@@ -247,14 +266,14 @@ class Classification(_Model):
     action: Literal["proxy", "reject"]
     cell: str | None = None
     address: str | None = None
-    org_id: int | None = None
+    org_id: OrgKey | None = None
     org_state: OrgState | None = None
     version: int | None = None
     bucket: Bucket | None = Field(default=None, description="the claim that matched")
 
 
 class Organization(_Model):
-    org_id: int
+    org_id: OrgKey
     state: OrgState
     owner_cell: str | None
     fencing_token: int
@@ -264,7 +283,7 @@ class Organization(_Model):
 
 
 class MoveBegin(_Model):
-    org_id: int
+    org_id: OrgKey
     from_cell: str
     to_cell: str
     lease_ttl_s: float = Field(gt=0, le=86400)
@@ -292,7 +311,7 @@ class MoveAbort(_Model):
 
 class Move(_Model):
     move_id: UUID
-    org_id: int
+    org_id: OrgKey
     from_cell: str
     to_cell: str
     status: MoveStatus

@@ -308,11 +308,11 @@ class MoveStore:
             raise unknown_move(move_id)
         return move_from_row(row)
 
-    def list_moves(self, org_id: int | None = None, limit: int = 100) -> list[Move]:
+    def list_moves(self, org_id: str | None = None, limit: int = 100) -> list[Move]:
         with self._db.transaction() as cur:
             cur.execute(
                 "SELECT * FROM topology.moves "
-                "WHERE %(org)s::bigint IS NULL OR org_id = %(org)s "
+                "WHERE %(org)s::text IS NULL OR org_id = %(org)s "
                 "ORDER BY created_at DESC, fencing_token DESC LIMIT %(lim)s",
                 {"org": org_id, "lim": max(1, min(limit, MAX_PAGE))},
             )

@@ -50,12 +50,20 @@ from orgmove.topology.models import (
     MoveToken,
     Organization,
     ServiceError,
+    org_key,
 )
 from orgmove.topology.store import Store
 
 log = logging.getLogger("orgmove.topology")
 
 _bearer = HTTPBearer(auto_error=False, description="the service token (orgmove.toml [topology])")
+
+
+def _org(value: str) -> str:
+    try:
+        return org_key(value)
+    except OrgmoveError as exc:
+        raise ServiceError(400, "bad_request", exc.message, exc.fix) from None
 
 
 def _reaper(store: Store, interval_s: float, stop: threading.Event) -> None:
@@ -207,7 +215,7 @@ def create_app(
     @app.get("/v1/claims", tags=["claims"])
     def list_claims(
         cell_id: str | None = None,
-        organization_id: int | None = None,
+        organization_id: str | None = None,
         bucket_type: str | None = None,
         status: str | None = None,
         cursor: str | None = None,
@@ -215,7 +223,8 @@ def create_app(
     ) -> ClaimPage:
         """ListRecords, paged with an opaque cursor (``next_cursor`` is null on the last page)."""
         return store.claims.list_claims(
-            cell_id=cell_id, organization_id=organization_id, bucket_type=bucket_type,
+            cell_id=cell_id, organization_id=_org(organization_id) if organization_id is not None else None,
+            bucket_type=bucket_type,
             status=status, cursor=cursor, limit=limit,
         )
 
@@ -243,9 +252,10 @@ def create_app(
 
     # --- organizations -----------------------------------------------------------------------
 
-    @app.get("/v1/organizations/{org_id}", tags=["organizations"])
-    def get_organization(org_id: int) -> Organization:
-        return store.claims.get_organization(org_id)
+    # ``:path``: an organization key is opaque text and may hold a '/' (quoted by the client).
+    @app.get("/v1/organizations/{org_id:path}", tags=["organizations"])
+    def get_organization(org_id: str) -> Organization:
+        return store.claims.get_organization(_org(org_id))
 
     # --- moves -------------------------------------------------------------------------------
 
@@ -256,9 +266,9 @@ def create_app(
 
     @app.get("/v1/moves", tags=["moves"])
     def list_moves(
-        org_id: int | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        org_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> list[Move]:
-        return store.moves.list_moves(org_id, limit)
+        return store.moves.list_moves(_org(org_id) if org_id is not None else None, limit)
 
     @app.get("/v1/moves/{move_id}", tags=["moves"])
     def get_move(move_id: UUID) -> Move:

@@ -161,10 +161,10 @@ def test_classify_proxy_and_reject(client: TopologyClient, topo_url: str) -> Non
     by_id = client.classify("organization_id", str(org))
     assert by_id.action == "proxy" and by_id.cell == "cell-1"
     assert by_id.address == "http://cell-1.example:8080"
-    assert by_id.org_id == org and by_id.org_state == "active" and by_id.version is not None
+    assert by_id.org_id == str(org) and by_id.org_state == "active" and by_id.version is not None
     # Route classify takes the longest claimed prefix of the path.
     deep = client.classify("route", f"g{org}/p1/-/issues/3")
-    assert deep.action == "proxy" and deep.cell == "cell-1" and deep.org_id == org
+    assert deep.action == "proxy" and deep.cell == "cell-1" and deep.org_id == str(org)
     assert deep.bucket == Bucket(type="route", value=f"g{org}/p1")
     assert client.classify("route", f"g{org}/unknown-project").bucket == Bucket(
         type="route", value=f"g{org}")
@@ -567,7 +567,7 @@ def test_seed_claims_from_cell_tables(client: TopologyClient, pg_servers: Server
         assert seed_claims(client, {"cell-1": dsn}) == {"cell-1": 0}  # idempotent
         got = client.classify("route", f"seed{org}/sub/proj/-/issues")
         assert (got.cell, got.org_id, got.bucket) == (
-            "cell-1", org, Bucket(type="route", value=f"seed{org}/sub/proj"))
+            "cell-1", str(org), Bucket(type="route", value=f"seed{org}/sub/proj"))
         proj = [c for c in claims_of(client, org) if c.bucket.value.endswith("proj")][0]
         assert proj.subject == Subject(type="project", id=org * 10 + 5)
         assert proj.source == Source(type="routes", rails_primary_key=org * 100 + 2)
