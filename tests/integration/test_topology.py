@@ -617,3 +617,67 @@ def test_serve_runs_as_a_process_and_never_logs_the_token(topo_dsn: str) -> None
     assert "PUT /v1/cells/cell-proc" in out  # the access log is on ...
     assert TOKEN not in out  # ... and never shows the token
     assert "topology service on http://127.0.0.1" in out
+
+
+# --- organization keys: text, and the migration of a bigint-keyed database ------------------------
+
+_BIGINT_KEYS = """
+ALTER TABLE topology.moves DROP CONSTRAINT moves_org_id_fkey;
+ALTER TABLE topology.organizations ALTER COLUMN id TYPE bigint USING id::bigint;
+ALTER TABLE topology.moves ALTER COLUMN org_id TYPE bigint USING org_id::bigint;
+ALTER TABLE topology.moves ADD CONSTRAINT moves_org_id_fkey
+    FOREIGN KEY (org_id) REFERENCES topology.organizations (id);
+ALTER TABLE topology.claims ALTER COLUMN organization_id TYPE bigint USING organization_id::bigint;
+INSERT INTO topology.cells (name, address) VALUES ('cell-1', 'http://c1'), ('cell-2', 'http://c2');
+INSERT INTO topology.claims (uuid, bucket_type, bucket_value, subject_type, subject_id, source_type,
+                             source_rails_primary_key, cell_id, organization_id, status)
+VALUES (gen_random_uuid(), 'organization_id', '42', 'organization', 42, 'organizations', 42,
+        'cell-1', 42, 'ACTIVE'),
+       (gen_random_uuid(), 'route', 'g42', 'group', 420, 'routes', 4200, 'cell-1', 42, 'ACTIVE');
+INSERT INTO topology.organizations (id, fencing_token) VALUES (42, 3);
+INSERT INTO topology.moves (id, org_id, from_cell, to_cell, status, fencing_token, lease_expires_at,
+                            aborted_at, abort_reason)
+VALUES (gen_random_uuid(), 42, 'cell-1', 'cell-2', 'aborted', 3, now(), now(), 'old');
+"""
+
+
+def _key_columns(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'topology' AND (table_name, column_name) IN "
+            "(('organizations', 'id'), ('moves', 'org_id'), ('claims', 'organization_id'))").fetchall()
+        fks = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'topology.moves'::regclass "
+            "AND contype = 'f' AND confrelid = 'topology.organizations'::regclass").fetchone()
+    assert fks is not None
+    return {**{r[0]: r[1] for r in rows}, "fks": str(fks[0])}
+
+
+def test_a_bigint_keyed_database_is_migrated_in_place(pg_servers: Servers) -> None:
+    db = pg_servers.create_db("topology", prefix="topo_mig")
+    dsn = pg_servers.admin_dsn("topology", db)
+    try:
+        with run_in_thread(dsn, TOKEN):
+            pass  # today's schema, then turned back into the bigint-keyed one with its data
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(_BIGINT_KEYS.encode())
+        assert _key_columns(dsn) == {"organizations.id": "bigint", "moves.org_id": "bigint",
+                                     "claims.organization_id": "bigint", "fks": "1"}
+        for _ in range(2):  # the migration runs on every start and changes nothing the second time
+            with run_in_thread(dsn, TOKEN) as url, TopologyClient(url, TOKEN, retry_deadline_s=5) as c:
+                assert _key_columns(dsn) == {"organizations.id": "text", "moves.org_id": "text",
+                                             "claims.organization_id": "text", "fks": "1"}
+                info = c.get_organization(42)
+                assert (info.org_id, info.owner_cell, info.fencing_token) == ("42", "cell-1", 3)
+                assert [m.abort_reason for m in c.moves_for_org("42")][-1] == "old"
+                assert {cl.bucket.value for cl in c.iter_claims(organization_id=42)} == {"42", "g42"}
+        with run_in_thread(dsn, TOKEN) as url, TopologyClient(url, TOKEN, retry_deadline_s=5) as c:
+            move = c.begin_move(42, "cell-1", "cell-2", 60)  # the fencing token carries on
+            assert move.fencing_token == 4 and move.org_id == "42"
+            with pytest.raises(psycopg.errors.ForeignKeyViolation), psycopg.connect(dsn) as conn:
+                conn.execute("INSERT INTO topology.moves (id, org_id, from_cell, to_cell, status, "
+                             "fencing_token, lease_expires_at) VALUES (gen_random_uuid(), 'nobody', "
+                             "'cell-1', 'cell-2', 'aborted', 1, now())")
+    finally:
+        pg_servers.drop_db("topology", db)
