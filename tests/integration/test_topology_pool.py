@@ -119,9 +119,9 @@ def test_an_exhausted_pool_answers_503_busy_and_the_client_retries(topo_dsn: str
         blocked: list[BaseException | None] = []
         with psycopg.connect(topo_dsn) as locker:
             # Hold the organization's row: a move of it keeps the pool's only connection busy.
-            locker.execute("INSERT INTO topology.organizations (id) VALUES (%s) ON CONFLICT DO NOTHING", (org,))
+            locker.execute("INSERT INTO topology.organizations (id) VALUES (%s) ON CONFLICT DO NOTHING", (str(org),))
             locker.commit()
-            locker.execute("SELECT 1 FROM topology.organizations WHERE id = %s FOR UPDATE", (org,))
+            locker.execute("SELECT 1 FROM topology.organizations WHERE id = %s FOR UPDATE", (str(org),))
 
             def mutation() -> None:
                 try:
